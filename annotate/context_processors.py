@@ -1,0 +1,5 @@
+from annotate.roles import is_researcher
+
+
+def roles(request):
+    return {"is_researcher": is_researcher(request.user)}

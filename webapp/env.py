@@ -1,0 +1,34 @@
+"""The one place that reads the process environment.
+
+Every setting that can differ between a laptop, CI and production is read here or
+through ``env`` from here, so a reader can see all the knobs in one file.
+"""
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+# Local state of the embedded mode (SQLite file, media, file-system broker).
+DATA_DIR = Path(env.str("CALIBRA_DATA_DIR", default=str(BASE_DIR / "data")))
+
+
+def database_config(default_sqlite: Path) -> dict:
+    """``DATABASE_URL`` parsed, with SQLite tuned for a web process and a worker sharing it."""
+    config = env.db_url("DATABASE_URL", default=f"sqlite:///{default_sqlite}")
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config.setdefault("OPTIONS", {}).update(
+            {
+                # WAL lets the worker write while the web process reads; IMMEDIATE avoids
+                # "database is locked" upgrades from read to write transactions.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            }
+        )
+    else:
+        config["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+        config["CONN_HEALTH_CHECKS"] = True
+    return config
