@@ -1,4 +1,6 @@
 """Settings shared by every environment. ``local``, ``test`` and ``production`` build on these."""
+from pathlib import Path
+
 from webapp.env import BASE_DIR, DATA_DIR, database_config, env
 
 DEBUG = env.bool("DEBUG", default=False)
@@ -68,7 +70,10 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = env.str("STATIC_ROOT", default=str(DATA_DIR / "static"))
+Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request otherwise
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Served by whitenoise from the finders until collectstatic has run (local, tests).
+WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,8 +1,12 @@
 """Tests: the local stack, fast hashing, tasks run inline unless a test starts a worker."""
 from webapp.settings.base import *  # noqa: F401,F403
-from webapp.settings.base import env
+from webapp.settings.base import DATA_DIR, env
 
 DEBUG = False
 SECRET_KEY = "test-only-insecure-key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
+
+# A file, not memory, so that a worker process started by a test sees the test database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}  # noqa: F405

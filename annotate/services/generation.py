@@ -1,0 +1,26 @@
+from django.db import transaction
+
+from annotate.models import Checkpoint, Dataset, GenerationJob
+
+
+@transaction.atomic
+def generation_job_create(
+    *, checkpoint: Checkpoint, dataset: Dataset, seeds: list[int], images_per_seed: int = 1,
+    width: int = 512, height: int = 512, num_inference_steps: int = 25, guidance_scale: float = 7.5,
+    scheduler: str = "", dtype: str = GenerationJob.DType.FLOAT16, created_by=None,
+) -> GenerationJob:
+    """Create a generation job and enqueue it once the transaction has committed."""
+    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError("seeds must be a non-empty list of non-negative integers")
+    job = GenerationJob.objects.create(
+        checkpoint=checkpoint, dataset=dataset, seeds=list(dict.fromkeys(seeds)),
+        images_per_seed=images_per_seed, width=width, height=height,
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        scheduler=scheduler, dtype=dtype, created_by=created_by,
+        total_images=dataset.prompts.count() * len(set(seeds)) * images_per_seed,
+    )
+    from workers.tasks import generation_job_run
+
+    # After commit, so that the worker never looks for a row that is not there yet.
+    transaction.on_commit(lambda: generation_job_run.delay(job.id))
+    return job

@@ -1,0 +1,28 @@
+import io
+
+import pytest
+from django.contrib.auth import authenticate
+from django.core.management import call_command
+
+from annotate.models import GenerationJob, Image
+from annotate.roles import is_researcher
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_seed_demo_makes_accounts_data_and_images_once(client):
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    assert "researcher-demo-pass" in out.getvalue() and "annotator-demo-pass" in out.getvalue()
+    researcher = authenticate(username="researcher", password="researcher-demo-pass")
+    annotator = authenticate(username="annotator", password="annotator-demo-pass")
+    assert is_researcher(researcher) and researcher.is_staff
+    assert not is_researcher(annotator) and not annotator.is_staff
+    assert GenerationJob.objects.filter(status="succeeded").count() == 2
+    n_images = Image.objects.count()
+    assert n_images == 2 * 28 * 4
+    call_command("seed_demo", stdout=io.StringIO())
+    assert GenerationJob.objects.count() == 2 and Image.objects.count() == n_images
+    client.force_login(researcher)
+    dataset_page = client.get(f"/datasets/{GenerationJob.objects.first().dataset_id}/")
+    assert dataset_page.status_code == 200 and "three cups" in dataset_page.content.decode()

@@ -1,0 +1,67 @@
+import json
+
+import numpy as np
+import pytest
+
+from workers.ml import procedural
+from workers.ml.backends import GenerationParams, UnsupportedBackend, BackendSpec, get_backend
+from workers.ml.scenes import OBJECTS, Scene, SceneObject, count_phrase, parse_scene
+from workers.ml.seeding import image_seed
+
+
+@pytest.mark.parametrize("category", ["counting", "composition"])
+def test_every_tia2_scene_prompt_parses(tia2_root, category):
+    labels = json.loads((tia2_root / f"human_annotations/human_labels_{category}.json").read_text())
+    captions = {v["caption"] for v in labels.values()}
+    scenes = {c: parse_scene(c) for c in captions}
+    assert all(scenes.values()), [c for c, s in scenes.items() if s is None][:3]
+    if category == "counting":
+        assert {s.objects[0].count for s in scenes.values()} == {1, 2, 3, 4, 5, 6}
+        assert {s.objects[0].name for s in scenes.values()} == set(OBJECTS)
+    else:
+        assert all(len(s.objects) == 2 and {o.count for o in s.objects} == {1} for s in scenes.values())
+    for caption, scene in scenes.items():
+        assert scene.describe() == caption
+
+
+def test_phrases_and_non_scene_prompts():
+    assert count_phrase("apple", 1) == "an apple"
+    assert count_phrase("teddy bear", 3) == "three teddy bears"
+    assert parse_scene("A magnifying glass over a page of a 1950s batman comic.") is None
+
+
+def test_same_seed_same_pixels_and_different_seed_different_pixels():
+    a = procedural.render("a realistic photo of three cups", seed=11, error_rate=0.5)
+    b = procedural.render("a realistic photo of three cups", seed=11, error_rate=0.5)
+    c = procedural.render("a realistic photo of three cups", seed=12, error_rate=0.5)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_error_rate_sets_how_often_the_drawing_is_wrong():
+    prompt = "a realistic photo of a dog and a vase"
+    right = [procedural.render(prompt, seed=s, error_rate=0.0) for s in range(30)]
+    wrong = [procedural.render(prompt, seed=s, error_rate=1.0) for s in range(30)]
+    assert all(r.matches_prompt for r in right)
+    assert not any(r.matches_prompt for r in wrong)
+    assert all(r.asked == Scene((SceneObject("dog", 1), SceneObject("vase", 1))) for r in wrong)
+    some = [procedural.render(prompt, seed=s, error_rate=0.3).matches_prompt for s in range(400)]
+    assert 0.6 < np.mean(some) < 0.8
+
+
+def test_image_seed_is_deterministic_and_distinct():
+    assert image_seed(0, 0) == image_seed(0, 0)
+    seeds = {image_seed(s, i) for s in range(5) for i in range(10)}
+    assert len(seeds) == 50 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_backend_cache_and_unknown_backend():
+    spec = BackendSpec(backend="procedural", config={"error_rate": 0.2}, fingerprint="f")
+    backend = get_backend(spec)
+    assert get_backend(BackendSpec(backend="procedural", config={"error_rate": 0.2}, fingerprint="f")) is backend
+    images = backend.generate(["a realistic photo of a cup"] * 2, [1, 2], GenerationParams(width=64, height=48))
+    assert [im.size for im in images] == [(64, 48), (64, 48)]
+    with pytest.raises(UnsupportedBackend):
+        get_backend(BackendSpec(backend="nope"))
+    with pytest.raises(ValueError, match="error_rate"):
+        get_backend(BackendSpec(backend="procedural", config={"error_rate": 2}))
