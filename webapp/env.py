@@ -17,7 +17,8 @@ DATA_DIR = Path(env.str("CALIBRA_DATA_DIR", default=str(BASE_DIR / "data")))
 
 def database_config(default_sqlite: Path) -> dict:
     """``DATABASE_URL`` parsed, with SQLite tuned for a web process and a worker sharing it."""
-    config = env.db_url("DATABASE_URL", default=f"sqlite:///{default_sqlite}")
+    url = env.str("DATABASE_URL", default="") or f"sqlite:///{default_sqlite}"  # empty means unset
+    config = env.db_url_config(url)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config.setdefault("OPTIONS", {}).update(
             {

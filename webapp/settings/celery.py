@@ -3,7 +3,7 @@ from webapp.env import DATA_DIR, env
 
 # The embedded default is kombu's file-system transport: a worker process and the web
 # process exchange messages through a folder, with no broker service to install.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "filesystem://"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed"):
