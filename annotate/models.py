@@ -488,9 +488,25 @@ class Assignment(models.Model):
         indexes = [models.Index(fields=["item", "state", "expires_at"], name="assignment_item_state")]
 
 
-class Judgment(models.Model):
-    """An annotator's answer to an item. ``client_id`` makes a retried submit count once."""
+class LeaseOutcome(models.Model):
+    """What became of a lease: a judgment or a skip. ``client_id`` is made by the client, so
+    that a retried submission is recognised and stored once."""
 
+    item = models.ForeignKey(StudyItem, on_delete=models.CASCADE, related_name="%(class)ss")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="%(class)ss"
+    )
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="%(class)s"
+    )
+    client_id = models.UUIDField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+
+
+class Judgment(LeaseOutcome):
     class Choice(models.TextChoices):
         LEFT = "left", "Left"
         RIGHT = "right", "Right"
@@ -499,14 +515,6 @@ class Judgment(models.Model):
         NOT_ALIGNED = "not_aligned", "Not aligned"
         SCORE = "score", "Scale score"
 
-    item = models.ForeignKey(StudyItem, on_delete=models.CASCADE, related_name="judgments")
-    annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments"
-    )
-    assignment = models.OneToOneField(
-        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="judgment"
-    )
-    client_id = models.UUIDField()
     choice = models.CharField(max_length=16, choices=Choice.choices)
     score = models.PositiveSmallIntegerField(null=True, blank=True, help_text="1-5 scale")
     reason = models.CharField(max_length=64, blank=True)
@@ -514,7 +522,6 @@ class Judgment(models.Model):
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     is_flagged = models.BooleanField(default=False)
     flag_reason = models.CharField(max_length=300, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
@@ -532,7 +539,7 @@ class Judgment(models.Model):
         ]
 
 
-class Skip(models.Model):
+class Skip(LeaseOutcome):
     """An item an annotator passed on, with why: an outcome, not a judgment."""
 
     class Reason(models.TextChoices):
@@ -540,15 +547,8 @@ class Skip(models.Model):
         UNSURE = "unsure", "Unsure"
         OTHER = "other", "Other"
 
-    item = models.ForeignKey(StudyItem, on_delete=models.CASCADE, related_name="skips")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="skips")
-    assignment = models.OneToOneField(
-        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="skip"
-    )
-    client_id = models.UUIDField()
     reason = models.CharField(max_length=32, choices=Reason.choices)
     note = models.CharField(max_length=300, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [

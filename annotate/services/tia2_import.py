@@ -22,6 +22,7 @@ from django.db import transaction
 from django.db.models import Count
 
 from annotate.models import ContrastivePromptSet, Dataset, HumanLabel, Image, Prompt
+from annotate.services.paths import PathNotAllowed, input_path_check
 
 IMAGE_NAME = re.compile(r"image_(\d+)_(\d+)_(\d+)\.jpg")
 LABEL_VALUES = (1, 0, -1)
@@ -314,7 +315,12 @@ def dataset_summary(dataset: Dataset) -> dict:
 
 def tia2_import(*, root: Path, images_dir: Path | None = None) -> ImportResult:
     """Import a TIA2 release atomically and idempotently. Raises Tia2ImportError on bad input."""
-    categories = parse_release(Path(root), Path(images_dir) if images_dir else None)
+    try:
+        root = input_path_check(root, what="TIA2 folder")
+        images_dir = input_path_check(images_dir, what="image folder") if images_dir else None
+    except PathNotAllowed as exc:
+        raise Tia2ImportError(str(exc)) from exc
+    categories = parse_release(root, images_dir)
     result = ImportResult()
     saved_files: list[str] = []
     try:

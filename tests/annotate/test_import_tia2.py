@@ -197,3 +197,15 @@ def test_changed_contrastive_prompts_become_a_new_version(small_tia2):
 def test_missing_image_folder_is_a_clear_error(small_tia2, tmp_path):
     with pytest.raises(CommandError, match="image folder does not exist"):
         call_command("import_tia2", str(small_tia2), "--images", str(tmp_path / "nope"), stdout=io.StringIO())
+
+
+def test_folders_outside_the_allowed_input_roots_are_refused(small_tia2, tmp_path, settings):
+    settings.CALIBRA_ALLOWED_INPUT_ROOTS = [str(tmp_path / "datasets")]
+    with pytest.raises(CommandError, match="outside the allowed input roots"):
+        call_command("import_tia2", str(small_tia2), stdout=io.StringIO())
+    settings.CALIBRA_ALLOWED_INPUT_ROOTS = [str(tmp_path)]
+    with pytest.raises(CommandError, match="image folder .* outside"):
+        call_command("import_tia2", str(small_tia2), "--images", "/etc", stdout=io.StringIO())
+    assert not Dataset.objects.exists()
+    call_command("import_tia2", str(small_tia2), stdout=io.StringIO())
+    assert Dataset.objects.count() == 2

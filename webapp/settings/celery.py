@@ -1,20 +1,27 @@
 """Celery, read by ``webapp/celery.py`` under the ``CELERY_`` namespace."""
+from pathlib import Path
+
 from webapp.env import DATA_DIR, env
+
+
+def filesystem_broker_options(folder: Path) -> dict:
+    """Transport options of kombu's file-system broker, in ``folder`` (created here)."""
+    for sub in ("queue", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }
+
 
 # The embedded default is kombu's file-system transport: a worker process and the web
 # process exchange messages through a folder, with no broker service to install.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "filesystem://"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-        "polling_interval": 0.2,
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker_options(DATA_DIR / "broker")
 else:
     # With late acknowledgement an unacknowledged task comes back after this long; it
     # must exceed the longest task (jobs are split into chunks well under it).

@@ -70,7 +70,7 @@ def render(prompt: str, *, seed: int, size: tuple[int, int] = (256, 256), error_
     background = tuple(int(v) for v in rng.integers(225, 256, size=3))
     image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(10, width // 22))
+    font = ImageFont.load_default(size=max(10, width // 14))
     asked = parse_scene(prompt)
     if asked is None:
         draw.multiline_text((8, 8), _wrap(prompt, 28), fill=(40, 40, 40), font=font)

@@ -1,0 +1,37 @@
+"""Take the README's screenshots from a running demo (make demo), with Debian's Chromium.
+
+    python scripts/screenshots.py [--base http://127.0.0.1:8000] [--out docs/img]
+"""
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", default="http://127.0.0.1:8000")
+    parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    chromium = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1100, "height": 640})
+        page.goto(f"{args.base}/accounts/login/")
+        page.fill("#id_username", "researcher")
+        page.fill("#id_password", "researcher-demo-pass")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{args.base}/")
+        page.screenshot(path=args.out / "overview.png")
+        page.click("text=demo-scenes")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=args.out / "dataset.png")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
