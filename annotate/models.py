@@ -198,6 +198,9 @@ class Image(models.Model):
     size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
+    # What the generator knows about the image, e.g. the procedural backend's ground truth
+    # {"matches_prompt": false, "drawn": "..."}. Never shown to annotators.
+    metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -358,6 +361,9 @@ class Study(models.Model):
     gold_min_accuracy = models.FloatField(default=0.7)
     gold_min_answers = models.PositiveSmallIntegerField(default=5)
     lease_seconds = models.PositiveIntegerField(default=600)
+    items_per_annotator = models.PositiveIntegerField(
+        null=True, blank=True, help_text="how many items one annotator answers at most (empty: all)"
+    )
     item_order = models.CharField(
         max_length=16, choices=ItemOrder.choices, default=ItemOrder.CLOSEST_TO_COMPLETION
     )
@@ -520,6 +526,8 @@ class Judgment(LeaseOutcome):
     reason = models.CharField(max_length=64, blank=True)
     a_on_left = models.BooleanField(null=True, blank=True)
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    # On gold items: whether the answer matched the known one.
+    gold_correct = models.BooleanField(null=True, blank=True)
     is_flagged = models.BooleanField(default=False)
     flag_reason = models.CharField(max_length=300, blank=True)
 

@@ -1,7 +1,11 @@
 """Reads. Views, APIs and commands ask here instead of building querysets themselves."""
+from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
+from django.urls import reverse
 
-from annotate.models import Dataset, GenerationJob, Image, Prompt
+from annotate.models import (
+    Assignment, Dataset, GenerationJob, Image, Judgment, Prompt, Skip, Study, StudyItem,
+)
 
 
 def dataset_list_with_counts() -> QuerySet[Dataset]:
@@ -25,3 +29,65 @@ def dataset_prompts_with_images(*, dataset: Dataset, limit: int = 60) -> list[Pr
     for prompt in prompts:
         prompt.image_list = by_prompt.get(prompt.id, [])
     return prompts
+
+
+def annotator_study_list(*, annotator) -> QuerySet[Study]:
+    return Study.objects.filter(memberships__annotator=annotator, status=Study.Status.OPEN).order_by("name")
+
+
+def annotator_study_get(*, annotator, public_id) -> Study | None:
+    """The study if the user is a member of it: non-members cannot tell it exists."""
+    try:
+        return Study.objects.filter(public_id=public_id, memberships__annotator=annotator).first()
+    except (ValueError, ValidationError):
+        return None
+
+
+def annotator_progress(*, study: Study, annotator) -> dict:
+    answered = Judgment.objects.filter(item__study=study, annotator=annotator).count()
+    skipped = Skip.objects.filter(item__study=study, annotator=annotator).count()
+    target = study.items_per_annotator or study.items.count()
+    return {"answered": answered, "skipped": skipped, "target": target}
+
+
+def annotator_item_payload(*, lease: Assignment) -> dict:
+    """What the annotator's browser receives for one item: no image, checkpoint or gold identity."""
+    item, study = lease.item, lease.item.study
+    if study.kind == Study.Kind.PAIRWISE:
+        slots = ["left", "right"]
+    else:
+        slots = ["single"]
+    return {
+        "item": str(item.public_id),
+        "kind": study.kind,
+        "rating_scale": study.rating_scale,
+        "prompt": item.prompt.text,
+        "question": study.question,
+        "images": [
+            {"slot": slot, "url": reverse("annotate-image", args=[study.public_id, item.public_id, slot])}
+            for slot in slots
+        ],
+        "expires_at": lease.expires_at.isoformat(),
+    }
+
+
+def annotator_image_for_slot(*, study: Study, annotator, item_public_id, slot: str) -> Image | None:
+    """The image behind a slot of an item the annotator holds or held a lease on."""
+    try:
+        item = StudyItem.objects.select_related("image_a", "image_b").get(study=study, public_id=item_public_id)
+    except (StudyItem.DoesNotExist, ValueError, ValidationError):
+        return None
+    lease = Assignment.objects.filter(item=item, annotator=annotator).order_by("-leased_at").first()
+    if lease is None:
+        return None
+    if slot == "single" and item.image_b_id is None:
+        return item.image_a
+    if slot in ("left", "right") and item.image_b_id is not None:
+        return item.image_a if (slot == "left") == lease.a_on_left else item.image_b
+    return None
+
+
+def study_judgments_export(*, study: Study) -> QuerySet[Judgment]:
+    return (Judgment.objects.filter(item__study=study)
+            .select_related("item__prompt", "item__image_a__checkpoint", "item__image_b__checkpoint", "annotator")
+            .order_by("pk"))

@@ -1,9 +1,34 @@
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
 
-from annotate import views
+from annotate import apis, views
+
+api = [
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/token/", obtain_auth_token, name="api-token"),
+    path("api/studies/", apis.StudyListCreateApi.as_view(), name="api-studies"),
+    path("api/studies/<int:study_id>/", apis.StudyDetailApi.as_view(), name="api-study"),
+    path("api/studies/<int:study_id>/open/", apis.StudyOpenApi.as_view(), name="api-study-open"),
+    path("api/studies/<int:study_id>/close/", apis.StudyCloseApi.as_view(), name="api-study-close"),
+    path("api/studies/<int:study_id>/members/", apis.StudyMembersApi.as_view(), name="api-study-members"),
+    path("api/studies/<int:study_id>/judgments/", apis.StudyJudgmentsApi.as_view(), name="api-study-judgments"),
+    path("api/annotate/", apis.AnnotatorStudiesApi.as_view(), name="api-annotator-studies"),
+    path("api/annotate/<uuid:study_id>/next/", apis.NextItemApi.as_view(), name="api-next"),
+    path("api/annotate/<uuid:study_id>/submit/", apis.SubmitApi.as_view(), name="api-submit"),
+    path("api/annotate/<uuid:study_id>/skip/", apis.SkipApi.as_view(), name="api-skip"),
+    path("api/annotate/<uuid:study_id>/undo/", apis.UndoApi.as_view(), name="api-undo"),
+    path("api/annotate/<uuid:study_id>/progress/", apis.ProgressApi.as_view(), name="api-progress"),
+]
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset-detail"),
+    path("annotate/<uuid:study_id>/", views.annotate_study, name="annotate-study"),
+    path("annotate/<uuid:study_id>/items/<uuid:item_id>/<str:slot>.jpg", views.annotate_image,
+         name="annotate-image"),
+    path("s/<uuid:study_id>/", views.crowd_start, name="crowd-start"),
+    *api,
 ]

@@ -1,13 +1,22 @@
-"""Thin template views: permission check, one selector call, render."""
+"""Thin template views: permission check, one selector or service call, render."""
+import mimetypes
+
+import markdown
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
 from django.db import connection
-from django.http import JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
+from django.views.decorators.cache import never_cache
 
 from annotate import selectors
-from annotate.models import Dataset
+from annotate.models import Dataset, Study
 from annotate.roles import is_researcher
+from annotate.services.studies import StudyError, crowd_worker_join
 
 
 def researcher_required(view):
@@ -29,7 +38,11 @@ def home(request):
             "jobs": selectors.generation_job_list(),
         }
         return render(request, "annotate/researcher_home.html", context)
-    return render(request, "annotate/home.html")
+    studies = []
+    if request.user.is_authenticated:
+        studies = [(s, selectors.annotator_progress(study=s, annotator=request.user))
+                   for s in selectors.annotator_study_list(annotator=request.user)]
+    return render(request, "annotate/home.html", {"studies": studies})
 
 
 @researcher_required
@@ -37,6 +50,53 @@ def dataset_detail(request, dataset_id: int):
     dataset = get_object_or_404(Dataset, pk=dataset_id)
     prompts = selectors.dataset_prompts_with_images(dataset=dataset)
     return render(request, "annotate/dataset_detail.html", {"dataset": dataset, "prompts": prompts})
+
+
+def _instructions_html(text: str) -> str:
+    # Researchers write Markdown; raw HTML in it is shown as text, never run.
+    return mark_safe(markdown.markdown(escape(text)))  # noqa: S308
+
+
+@never_cache
+@login_required
+def annotate_study(request, study_id):
+    study = selectors.annotator_study_get(annotator=request.user, public_id=study_id)
+    if study is None:
+        raise Http404
+    return render(request, "annotate/annotate.html", {
+        "study": study, "instructions": _instructions_html(study.instructions),
+        "progress": selectors.annotator_progress(study=study, annotator=request.user),
+    })
+
+
+@login_required
+def annotate_image(request, study_id, item_id, slot: str):
+    study = selectors.annotator_study_get(annotator=request.user, public_id=study_id)
+    image = study and selectors.annotator_image_for_slot(
+        study=study, annotator=request.user, item_public_id=item_id, slot=slot)
+    if not image or not image.file:
+        raise Http404
+    response = FileResponse(default_storage.open(image.file.name),
+                            content_type=mimetypes.guess_type(image.file.name)[0] or "image/jpeg")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@never_cache
+def crowd_start(request, study_id):
+    """A crowd study link: ?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=... signs the worker in."""
+    study = get_object_or_404(Study, public_id=study_id)
+    worker_id = request.GET.get("PROLIFIC_PID", "")
+    if not worker_id:
+        if request.user.is_authenticated and selectors.annotator_study_get(annotator=request.user, public_id=study_id):
+            return redirect("annotate-study", study_id=study.public_id)
+        return render(request, "annotate/crowd_error.html", {"error": "This link needs a PROLIFIC_PID."}, status=400)
+    try:
+        user = crowd_worker_join(study=study, worker_id=worker_id, session_id=request.GET.get("SESSION_ID", ""))
+    except StudyError as exc:
+        return render(request, "annotate/crowd_error.html", {"error": str(exc)}, status=400)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return redirect("annotate-study", study_id=study.public_id)
 
 
 def healthz(request):

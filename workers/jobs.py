@@ -82,7 +82,8 @@ def _generate_missing(job: GenerationJob, batch_size: int) -> int:
         batch = missing[start:start + batch_size]
         pictures = backend.generate([b[1] for b in batch], [image_seed(b[2], b[3]) for b in batch], params)
         rows = []
-        for (prompt_id, _, seed, index), picture in zip(batch, pictures, strict=True):
+        for (prompt_id, _, seed, index), generated in zip(batch, pictures, strict=True):
+            picture = generated.image
             content = _encode_jpeg(picture)
             name = generated_image_name(checkpoint_id=checkpoint.id, prompt_id=prompt_id, seed=seed, index=index)
             # Same name for the same image: a rerun overwrites its own file, never adds one.
@@ -92,7 +93,7 @@ def _generate_missing(job: GenerationJob, batch_size: int) -> int:
             rows.append(Image(
                 prompt_id=prompt_id, checkpoint=checkpoint, job=job, seed=seed, index=index,
                 file=name, sha256=hashlib.sha256(content).hexdigest(), size_bytes=len(content),
-                width=picture.width, height=picture.height,
+                width=picture.width, height=picture.height, metadata=generated.metadata,
             ))
         Image.objects.bulk_create(rows, ignore_conflicts=True)
         made += len(rows)

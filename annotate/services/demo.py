@@ -1,11 +1,13 @@
 """The demo's data, made by the project itself: TIA2-style counting and composition prompts
-rendered by two procedural checkpoints, one careful and one sloppy."""
+rendered by two procedural checkpoints, one careful and one sloppy, then a pairwise and a
+rating study over their images for the demo annotator."""
 from django.db import transaction
 
-from annotate.models import Checkpoint, Dataset, GenerationJob, Prompt
+from annotate.models import Checkpoint, Dataset, GenerationJob, Prompt, Study
 from annotate.roles import ANNOTATORS, RESEARCHERS
 from annotate.services.accounts import user_create_with_role
 from annotate.services.generation import generation_job_create
+from annotate.services.studies import study_add_members, study_create_pairwise, study_create_rating, study_open
 from workers.ml.scenes import demo_prompts
 
 DEMO_ACCOUNTS = {
@@ -16,11 +18,18 @@ DEMO_CHECKPOINTS = {
     "demo-careful": 0.1,  # error rate: share of images drawn wrong
     "demo-sloppy": 0.45,
 }
+DEMO_INSTRUCTIONS = """Each image was made from the **description** above it.
+
+- Judge only whether the image shows what the description says: the objects, and **how many** of each.
+- Ignore style and image quality.
+- When both images are equally right or equally wrong, answer **tie**.
+"""
 
 
 @transaction.atomic
 def demo_seed() -> dict:
-    """Accounts, dataset, checkpoints and generation jobs. Running it again adds nothing."""
+    """Accounts, dataset, checkpoints, and the generation jobs followed by the studies.
+    Running it again adds nothing."""
     for username, (password, role) in DEMO_ACCOUNTS.items():
         user_create_with_role(username=username, password=password, role=role)
     dataset, created = Dataset.objects.get_or_create(
@@ -44,7 +53,37 @@ def demo_seed() -> dict:
         if not GenerationJob.objects.filter(checkpoint=checkpoint, dataset=dataset).exists():
             jobs.append(generation_job_create(
                 checkpoint=checkpoint, dataset=dataset, seeds=[0], images_per_seed=4,
-                width=256, height=256, dtype=GenerationJob.DType.FLOAT32,
+                width=384, height=384, dtype=GenerationJob.DType.FLOAT32, enqueue=False,
             ))
+    if jobs:
+        from celery import chain
+
+        from workers.tasks import demo_studies_create, generation_job_run
+
+        steps = [generation_job_run.si(job.id) for job in jobs] + [demo_studies_create.si()]
+        transaction.on_commit(lambda: chain(*steps).delay())
     return {"dataset": dataset, "jobs_created": len(jobs),
             "accounts": {u: p for u, (p, _) in DEMO_ACCOUNTS.items()}}
+
+
+@transaction.atomic
+def demo_studies_create() -> list[Study]:
+    """A pairwise study of the two checkpoints and a rating study of their images, open, with
+    the demo annotator as a member. Gold items come from the procedural ground truth."""
+    dataset = Dataset.objects.get(name="demo-scenes")
+    checkpoints = list(Checkpoint.objects.filter(name__in=DEMO_CHECKPOINTS).order_by("name"))
+    made = []
+    if not Study.objects.filter(name="Demo: careful vs sloppy").exists():
+        made.append(study_create_pairwise(
+            name="Demo: careful vs sloppy", dataset=dataset, checkpoints=checkpoints, pairing="matched",
+            instructions=DEMO_INSTRUCTIONS, gold_share=0.1, redundancy=3,
+        ))
+    if not Study.objects.filter(name="Demo: does it match?").exists():
+        made.append(study_create_rating(
+            name="Demo: does it match?", dataset=dataset, checkpoints=checkpoints,
+            instructions=DEMO_INSTRUCTIONS, gold_share=0.1, redundancy=3,
+        ))
+    for study in made:
+        study_add_members(study=study, usernames=list(DEMO_ACCOUNTS))
+        study_open(study=study)
+    return made

@@ -7,9 +7,10 @@ from annotate.models import Checkpoint, Dataset, GenerationJob
 def generation_job_create(
     *, checkpoint: Checkpoint, dataset: Dataset, seeds: list[int], images_per_seed: int = 1,
     width: int = 512, height: int = 512, num_inference_steps: int = 25, guidance_scale: float = 7.5,
-    scheduler: str = "", dtype: str = GenerationJob.DType.FLOAT16, created_by=None,
+    scheduler: str = "", dtype: str = GenerationJob.DType.FLOAT16, created_by=None, enqueue: bool = True,
 ) -> GenerationJob:
-    """Create a generation job and enqueue it once the transaction has committed."""
+    """Create a generation job and enqueue it once the transaction has committed (unless the
+    caller enqueues it itself, e.g. in a chain)."""
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError("seeds must be a non-empty list of non-negative integers")
     job = GenerationJob.objects.create(
@@ -19,8 +20,9 @@ def generation_job_create(
         scheduler=scheduler, dtype=dtype, created_by=created_by,
         total_images=dataset.prompts.count() * len(set(seeds)) * images_per_seed,
     )
-    from workers.tasks import generation_job_run
+    if enqueue:
+        from workers.tasks import generation_job_run
 
-    # After commit, so that the worker never looks for a row that is not there yet.
-    transaction.on_commit(lambda: generation_job_run.delay(job.id))
+        # After commit, so that the worker never looks for a row that is not there yet.
+        transaction.on_commit(lambda: generation_job_run.delay(job.id))
     return job

@@ -4,13 +4,13 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 
-from annotate.models import GenerationJob, Image
+from annotate.models import GenerationJob, Image, Study, StudyItem
 from annotate.roles import is_researcher
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_seed_demo_makes_accounts_data_and_images_once(client):
+def test_seed_demo_makes_accounts_images_and_open_studies_once(client):
     out = io.StringIO()
     call_command("seed_demo", stdout=out)
     assert "researcher-demo-pass" in out.getvalue() and "annotator-demo-pass" in out.getvalue()
@@ -21,8 +21,20 @@ def test_seed_demo_makes_accounts_data_and_images_once(client):
     assert GenerationJob.objects.filter(status="succeeded").count() == 2
     n_images = Image.objects.count()
     assert n_images == 2 * 28 * 4
+    pairwise = Study.objects.get(kind="pairwise")
+    rating = Study.objects.get(kind="rating")
+    assert pairwise.status == rating.status == "open"
+    assert pairwise.items.count() == 28 * 4 and rating.items.count() == n_images
+    assert pairwise.memberships.filter(annotator=annotator).exists()
+    gold = StudyItem.objects.filter(study=pairwise, is_gold=True)
+    assert gold.count() == round(0.1 * 112)
+    assert set(gold.values_list("gold_answer", flat=True)) <= {"a", "b"}
     call_command("seed_demo", stdout=io.StringIO())
     assert GenerationJob.objects.count() == 2 and Image.objects.count() == n_images
+    assert Study.objects.count() == 2
     client.force_login(researcher)
     dataset_page = client.get(f"/datasets/{GenerationJob.objects.first().dataset_id}/")
     assert dataset_page.status_code == 200 and "three cups" in dataset_page.content.decode()
+    client.force_login(annotator)
+    home = client.get("/").content.decode()
+    assert "Demo: careful vs sloppy" in home and "Demo: does it match?" in home

@@ -60,7 +60,8 @@ def test_backend_cache_and_unknown_backend():
     backend = get_backend(spec)
     assert get_backend(BackendSpec(backend="procedural", config={"error_rate": 0.2}, fingerprint="f")) is backend
     images = backend.generate(["a realistic photo of a cup"] * 2, [1, 2], GenerationParams(width=64, height=48))
-    assert [im.size for im in images] == [(64, 48), (64, 48)]
+    assert [g.image.size for g in images] == [(64, 48), (64, 48)]
+    assert all(g.metadata["matches_prompt"] in (True, False) for g in images)
     with pytest.raises(UnsupportedBackend):
         get_backend(BackendSpec(backend="nope"))
     with pytest.raises(ValueError, match="error_rate"):

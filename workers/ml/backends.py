@@ -34,8 +34,14 @@ class BackendSpec:
     fingerprint: str = ""
 
 
+@dataclass(frozen=True)
+class Generated:
+    image: Image.Image
+    metadata: dict = field(default_factory=dict)
+
+
 class GeneratorBackend(Protocol):
-    def generate(self, prompts: list[str], seeds: list[int], params: GenerationParams) -> list[Image.Image]:
+    def generate(self, prompts: list[str], seeds: list[int], params: GenerationParams) -> list[Generated]:
         """One image per (prompt, seed), each reproducible from its seed alone."""
 
 
@@ -46,10 +52,12 @@ class ProceduralBackend:
         self.error_rate = error_rate
 
     def generate(self, prompts, seeds, params):
-        return [
-            procedural.render(p, seed=s, size=(params.width, params.height), error_rate=self.error_rate).image
-            for p, s in zip(prompts, seeds, strict=True)
-        ]
+        out = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            r = procedural.render(prompt, seed=seed, size=(params.width, params.height), error_rate=self.error_rate)
+            meta = {} if r.asked is None else {"matches_prompt": r.matches_prompt, "drawn": r.drawn.describe()}
+            out.append(Generated(r.image, meta))
+        return out
 
 
 _cache: dict[tuple, GeneratorBackend] = {}

@@ -1,0 +1,299 @@
+"""The REST API: one thin view per operation, with its own input and output serializers.
+
+Researchers manage studies and export judgments; annotators ask for the next item and
+answer it. Annotator responses carry item ids and image slots only, never a checkpoint,
+an image id or a gold answer.
+"""
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import permissions, serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotate import selectors
+from annotate.models import Checkpoint, Dataset, Skip, Study
+from annotate.roles import is_researcher
+from annotate.services import annotation, studies
+
+
+class IsResearcher(permissions.BasePermission):
+    def has_permission(self, request, view):
+        return is_researcher(request.user)
+
+
+def error_response(exc: Exception) -> Response:
+    if isinstance(exc, annotation.AnnotationError):
+        return Response({"error": exc.code, "detail": str(exc)}, status=exc.status)
+    return Response({"error": "invalid", "detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+
+
+# --- researchers -------------------------------------------------------------------------
+
+class StudyOutput(serializers.ModelSerializer):
+    checkpoints = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    items = serializers.IntegerField(source="items.count", read_only=True)
+
+    class Meta:
+        model = Study
+        fields = ["id", "public_id", "name", "kind", "status", "question", "instructions", "rating_scale",
+                  "redundancy", "gold_share", "gold_min_accuracy", "gold_min_answers", "lease_seconds",
+                  "items_per_annotator", "item_order", "completion_code", "dataset", "checkpoints", "items",
+                  "created_at", "opened_at", "closed_at"]
+
+
+class StudyCreateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    kind = serializers.ChoiceField(choices=Study.Kind.choices)
+    dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
+    checkpoints = serializers.PrimaryKeyRelatedField(queryset=Checkpoint.objects.all(), many=True, required=False)
+    pairing = serializers.ChoiceField(choices=["matched", "random"], default="matched")
+    rating_scale = serializers.ChoiceField(choices=Study.RatingScale.choices, default=Study.RatingScale.BINARY)
+    instructions = serializers.CharField(allow_blank=True, default="")
+    question = serializers.CharField(allow_blank=True, default="", max_length=300)
+    redundancy = serializers.IntegerField(min_value=1, max_value=100, default=3)
+    gold_share = serializers.FloatField(min_value=0, max_value=1, default=0.0)
+    gold_min_accuracy = serializers.FloatField(min_value=0, max_value=1, default=0.7)
+    gold_min_answers = serializers.IntegerField(min_value=1, max_value=1000, default=5)
+    lease_seconds = serializers.IntegerField(min_value=10, max_value=24 * 3600, default=600)
+    items_per_annotator = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    item_order = serializers.ChoiceField(choices=Study.ItemOrder.choices, default=Study.ItemOrder.CLOSEST_TO_COMPLETION)
+    seed = serializers.IntegerField(min_value=0, default=0)
+
+
+class StudyListCreateApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=StudyOutput(many=True))
+    def get(self, request):
+        return Response(StudyOutput(Study.objects.prefetch_related("checkpoints"), many=True).data)
+
+    @extend_schema(request=StudyCreateInput, responses={201: StudyOutput})
+    def post(self, request):
+        data = StudyCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        kind, pairing = fields.pop("kind"), fields.pop("pairing")
+        checkpoints = fields.pop("checkpoints", [])
+        try:
+            if kind == Study.Kind.PAIRWISE:
+                fields.pop("rating_scale")
+                study = studies.study_create_pairwise(checkpoints=checkpoints, pairing=pairing,
+                                                      created_by=request.user, **fields)
+            else:
+                study = studies.study_create_rating(checkpoints=checkpoints or None, created_by=request.user,
+                                                    **fields)
+        except studies.StudyError as exc:
+            return error_response(exc)
+        return Response(StudyOutput(study).data, status=status.HTTP_201_CREATED)
+
+
+class StudyDetailApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=StudyOutput)
+    def get(self, request, study_id: int):
+        return Response(StudyOutput(get_object_or_404(Study, pk=study_id)).data)
+
+
+class StudyOpenApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(request=None, responses=StudyOutput)
+    def post(self, request, study_id: int):
+        try:
+            study = studies.study_open(study=get_object_or_404(Study, pk=study_id))
+        except studies.StudyError as exc:
+            return error_response(exc)
+        return Response(StudyOutput(study).data)
+
+
+class StudyCloseApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(request=None, responses=StudyOutput)
+    def post(self, request, study_id: int):
+        return Response(StudyOutput(studies.study_close(study=get_object_or_404(Study, pk=study_id))).data)
+
+
+class StudyMembersApi(APIView):
+    permission_classes = [IsResearcher]
+
+    class Input(serializers.Serializer):
+        usernames = serializers.ListField(child=serializers.CharField(max_length=150), min_length=1)
+
+    @extend_schema(request=Input, responses=inline_serializer("MembersOutput", {"members": serializers.IntegerField()}))
+    def post(self, request, study_id: int):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            studies.study_add_members(study=get_object_or_404(Study, pk=study_id), usernames=data.validated_data["usernames"])
+        except studies.StudyError as exc:
+            return error_response(exc)
+        return Response({"members": Study.objects.get(pk=study_id).memberships.count()})
+
+
+class JudgmentExportOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    item = serializers.UUIDField(source="item.public_id")
+    prompt = serializers.CharField(source="item.prompt.text")
+    image_a = serializers.IntegerField(source="item.image_a_id")
+    image_b = serializers.IntegerField(source="item.image_b_id", allow_null=True)
+    checkpoint_a = serializers.CharField(source="item.image_a.checkpoint.name", default=None)
+    checkpoint_b = serializers.CharField(source="item.image_b.checkpoint.name", default=None)
+    annotator = serializers.CharField(source="annotator.username")
+    choice = serializers.CharField()
+    answer = serializers.SerializerMethodField(help_text="a, b or tie for pairs; aligned / not_aligned for ratings")
+    score = serializers.IntegerField(allow_null=True)
+    reason = serializers.CharField()
+    a_on_left = serializers.BooleanField(allow_null=True)
+    time_spent_ms = serializers.IntegerField(allow_null=True)
+    is_gold = serializers.BooleanField(source="item.is_gold")
+    gold_correct = serializers.BooleanField(allow_null=True)
+    is_flagged = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+
+    def get_answer(self, judgment) -> str:
+        return annotation.canonical_answer(judgment)
+
+
+class ExportPagination(CursorPagination):
+    ordering = "pk"
+    page_size = 1000
+
+
+class StudyJudgmentsApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=JudgmentExportOutput(many=True))
+    def get(self, request, study_id: int):
+        study = get_object_or_404(Study, pk=study_id)
+        paginator = ExportPagination()
+        page = paginator.paginate_queryset(selectors.study_judgments_export(study=study), request, view=self)
+        return paginator.get_paginated_response(JudgmentExportOutput(page, many=True).data)
+
+
+# --- annotators --------------------------------------------------------------------------
+
+def _member_study(request, public_id) -> Study:
+    study = selectors.annotator_study_get(annotator=request.user, public_id=public_id)
+    if study is None:
+        from django.http import Http404
+
+        raise Http404
+    return study
+
+
+ItemOutput = inline_serializer("AnnotatorItem", {
+    "item": serializers.UUIDField(), "kind": serializers.CharField(), "rating_scale": serializers.CharField(),
+    "prompt": serializers.CharField(), "question": serializers.CharField(),
+    "images": serializers.ListField(child=serializers.DictField()), "expires_at": serializers.DateTimeField(),
+    "progress": serializers.DictField(),
+})
+
+
+class AnnotatorStudiesApi(APIView):
+    @extend_schema(responses=inline_serializer("AnnotatorStudy", {
+        "study": serializers.UUIDField(), "name": serializers.CharField(), "kind": serializers.CharField(),
+        "progress": serializers.DictField()}, many=True))
+    def get(self, request):
+        return Response([
+            {"study": str(s.public_id), "name": s.name, "kind": s.kind,
+             "progress": selectors.annotator_progress(study=s, annotator=request.user)}
+            for s in selectors.annotator_study_list(annotator=request.user)
+        ])
+
+
+class NextItemApi(APIView):
+    class Input(serializers.Serializer):
+        exclude = serializers.ListField(child=serializers.UUIDField(), required=False, default=list, max_length=50)
+
+    @extend_schema(request=Input, responses={200: ItemOutput, 204: inline_serializer(
+        "Done", {"done": serializers.BooleanField(), "completion_code": serializers.CharField()})})
+    def post(self, request, study_id):
+        study = _member_study(request, study_id)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            lease = annotation.assignment_next(study=study, annotator=request.user,
+                                               exclude=data.validated_data["exclude"])
+        except annotation.AnnotationError as exc:
+            return error_response(exc)
+        progress = selectors.annotator_progress(study=study, annotator=request.user)
+        if lease is None:
+            return Response({"done": True, "completion_code": study.completion_code, "progress": progress})
+        return Response({**selectors.annotator_item_payload(lease=lease), "progress": progress})
+
+
+class SubmitApi(APIView):
+    class Input(serializers.Serializer):
+        item = serializers.UUIDField()
+        client_id = serializers.UUIDField()
+        choice = serializers.CharField(max_length=16)
+        score = serializers.IntegerField(required=False, allow_null=True, default=None)
+        reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+        time_spent_ms = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0,
+                                                 max_value=24 * 3600 * 1000)
+
+    @extend_schema(request=Input, responses={201: inline_serializer("Submitted", {
+        "client_id": serializers.UUIDField(), "created": serializers.BooleanField(),
+        "progress": serializers.DictField()})})
+    def post(self, request, study_id):
+        study = _member_study(request, study_id)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            fields = dict(data.validated_data)
+            result = annotation.judgment_submit(study=study, annotator=request.user,
+                                                item_public_id=fields.pop("item"), **fields)
+        except annotation.AnnotationError as exc:
+            return error_response(exc)
+        return Response(
+            {"client_id": str(result.judgment.client_id), "created": result.created,
+             "progress": selectors.annotator_progress(study=study, annotator=request.user)},
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        )
+
+
+class SkipApi(APIView):
+    class Input(serializers.Serializer):
+        item = serializers.UUIDField()
+        client_id = serializers.UUIDField()
+        reason = serializers.ChoiceField(choices=Skip.Reason.choices)
+        note = serializers.CharField(required=False, allow_blank=True, default="", max_length=300)
+
+    @extend_schema(request=Input, responses={201: inline_serializer("Skipped", {
+        "client_id": serializers.UUIDField(), "created": serializers.BooleanField()})})
+    def post(self, request, study_id):
+        study = _member_study(request, study_id)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            fields = dict(data.validated_data)
+            skip, created = annotation.skip_submit(study=study, annotator=request.user,
+                                                   item_public_id=fields.pop("item"), **fields)
+        except annotation.AnnotationError as exc:
+            return error_response(exc)
+        return Response({"client_id": str(skip.client_id), "created": created},
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class UndoApi(APIView):
+    @extend_schema(request=None, responses=ItemOutput)
+    def post(self, request, study_id):
+        study = _member_study(request, study_id)
+        try:
+            lease = annotation.judgment_undo(study=study, annotator=request.user)
+        except annotation.AnnotationError as exc:
+            return error_response(exc)
+        return Response({**selectors.annotator_item_payload(lease=lease),
+                         "progress": selectors.annotator_progress(study=study, annotator=request.user)})
+
+
+class ProgressApi(APIView):
+    @extend_schema(responses=inline_serializer("Progress", {
+        "answered": serializers.IntegerField(), "skipped": serializers.IntegerField(),
+        "target": serializers.IntegerField()}))
+    def get(self, request, study_id):
+        study = _member_study(request, study_id)
+        return Response(selectors.annotator_progress(study=study, annotator=request.user))

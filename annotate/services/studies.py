@@ -1,0 +1,179 @@
+"""Studies: creation from checkpoints or imported images, lifecycle, membership."""
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+from collections import defaultdict
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from annotate.models import Checkpoint, Dataset, Image, Study, StudyItem, StudyMembership
+from annotate.roles import ANNOTATORS
+
+PAIRWISE_QUESTION = "Which image matches the description better?"
+RATING_QUESTION = "Does the image match the description?"
+LIKERT_QUESTION = "How well does the image match the description?"
+
+
+class StudyError(ValueError):
+    """A study cannot be made or changed as asked; the message says why."""
+
+
+def image_truth(image: Image, positive_labels: int | None = None) -> bool | None:
+    """Whether an image is known to match its prompt: the generator's ground truth, or
+    unanimous imported labels (3 of 3 aligned, or none). None when unknown."""
+    if "matches_prompt" in image.metadata:
+        return bool(image.metadata["matches_prompt"])
+    if positive_labels is not None and image.n_labels == 3:
+        if positive_labels == 3:
+            return True
+        if positive_labels == 0:
+            return False
+    return None
+
+
+def _study_fields(kind: str, fields: dict) -> dict:
+    question = fields.pop("question", "") or {
+        Study.Kind.PAIRWISE: PAIRWISE_QUESTION,
+        Study.Kind.RATING: LIKERT_QUESTION if fields.get("rating_scale") == Study.RatingScale.LIKERT5
+        else RATING_QUESTION,
+    }[kind]
+    return {**fields, "kind": kind, "question": question,
+            "completion_code": fields.get("completion_code") or secrets.token_hex(4).upper()}
+
+
+def _choose_gold(items: list[StudyItem], answers: dict[int, str], share: float, rng: random.Random) -> None:
+    """Mark ``share`` of the items as gold, among those whose answer is known."""
+    wanted = round(share * len(items))
+    known = [i for i, _ in enumerate(items) if answers.get(i)]
+    for i in rng.sample(known, min(wanted, len(known))):
+        items[i].is_gold = True
+        items[i].gold_answer = answers[i]
+
+
+@transaction.atomic
+def study_create_pairwise(
+    *, name: str, dataset: Dataset, checkpoints: list[Checkpoint], pairing: str = "matched",
+    gold_share: float = 0.0, seed: int = 0, created_by=None, **fields,
+) -> Study:
+    """Side-by-side items for every pair of checkpoints and every prompt of the dataset.
+
+    ``pairing="matched"`` pairs images with the same seed and index; ``"random"`` draws one
+    image of each checkpoint per prompt. Which checkpoint is image A is drawn per item, and
+    the side A is shown on is drawn again for every lease.
+    """
+    checkpoints = list(dict.fromkeys(checkpoints))
+    if len(checkpoints) < 2:
+        raise StudyError("a pairwise study needs two or more checkpoints")
+    if pairing not in ("matched", "random"):
+        raise StudyError("pairing must be 'matched' or 'random'")
+    rng = random.Random(seed)
+    images: dict[tuple[int, int], list[Image]] = defaultdict(list)  # (checkpoint, prompt) -> images
+    for image in (Image.objects.filter(prompt__dataset=dataset, checkpoint__in=checkpoints)
+                  .exclude(file="").order_by("prompt_id", "seed", "index")):
+        images[(image.checkpoint_id, image.prompt_id)].append(image)
+    study = Study.objects.create(**_study_fields(Study.Kind.PAIRWISE, dict(
+        name=name, dataset=dataset, gold_share=gold_share, created_by=created_by, **fields)))
+    study.checkpoints.set(checkpoints)
+    items, answers = [], {}
+    for first, second in itertools.combinations(checkpoints, 2):
+        for prompt_id in dataset.prompts.order_by("source_index").values_list("id", flat=True):
+            left, right = images.get((first.id, prompt_id), []), images.get((second.id, prompt_id), [])
+            if pairing == "matched":
+                by_key = {(i.seed, i.index): i for i in right}
+                pairs = [(i, by_key[(i.seed, i.index)]) for i in left if (i.seed, i.index) in by_key]
+            else:
+                pairs = [(rng.choice(left), rng.choice(right))] if left and right else []
+            for a, b in pairs:
+                if rng.random() < 0.5:
+                    a, b = b, a
+                truth_a, truth_b = image_truth(a), image_truth(b)
+                if truth_a is not None and truth_b is not None and truth_a != truth_b:
+                    answers[len(items)] = "a" if truth_a else "b"
+                items.append(StudyItem(study=study, prompt_id=prompt_id, image_a=a, image_b=b))
+    if not items:
+        raise StudyError(f"the checkpoints have no images with files for the prompts of {dataset.name}")
+    _choose_gold(items, answers, gold_share, rng)
+    StudyItem.objects.bulk_create(items, batch_size=2000)
+    return study
+
+
+@transaction.atomic
+def study_create_rating(
+    *, name: str, dataset: Dataset, checkpoints: list[Checkpoint] | None = None,
+    gold_share: float = 0.0, seed: int = 0, created_by=None, **fields,
+) -> Study:
+    """One item per image of the dataset that has a file: imported images (such as TIA2)
+    when no checkpoint is given, otherwise the given checkpoints' images."""
+    rng = random.Random(seed)
+    images: QuerySet[Image] = Image.objects.filter(prompt__dataset=dataset).exclude(file="")
+    images = images.filter(checkpoint__in=checkpoints) if checkpoints else images.filter(checkpoint__isnull=True)
+    images = images.annotate(
+        n_labels=Count("human_labels"), n_positive=Count("human_labels", filter=Q(human_labels__value=1)),
+    ).order_by("prompt_id", "checkpoint_id", "seed", "index")
+    study = Study.objects.create(**_study_fields(Study.Kind.RATING, dict(
+        name=name, dataset=dataset, gold_share=gold_share, created_by=created_by, **fields)))
+    if checkpoints:
+        study.checkpoints.set(checkpoints)
+    items, answers = [], {}
+    for image in images:
+        truth = image_truth(image, image.n_positive)
+        if truth is not None:
+            answers[len(items)] = "aligned" if truth else "not_aligned"
+        items.append(StudyItem(study=study, prompt_id=image.prompt_id, image_a=image))
+    if not items:
+        raise StudyError(f"{dataset.name} has no images with files to rate")
+    _choose_gold(items, answers, gold_share, rng)
+    StudyItem.objects.bulk_create(items, batch_size=2000)
+    return study
+
+
+@transaction.atomic
+def study_open(*, study: Study) -> Study:
+    if study.status == Study.Status.OPEN:
+        return study
+    if not study.items.exists():
+        raise StudyError("a study without items cannot be opened")
+    study.status, study.opened_at, study.closed_at = Study.Status.OPEN, timezone.now(), None
+    study.save(update_fields=["status", "opened_at", "closed_at"])
+    return study
+
+
+@transaction.atomic
+def study_close(*, study: Study) -> Study:
+    study.status, study.closed_at = Study.Status.CLOSED, timezone.now()
+    study.save(update_fields=["status", "closed_at"])
+    return study
+
+
+@transaction.atomic
+def study_add_members(*, study: Study, usernames: list[str]) -> list[StudyMembership]:
+    users = {u.username: u for u in get_user_model().objects.filter(username__in=usernames)}
+    unknown = sorted(set(usernames) - set(users))
+    if unknown:
+        raise StudyError(f"unknown usernames: {', '.join(unknown)}")
+    return [StudyMembership.objects.get_or_create(study=study, annotator=user)[0] for user in users.values()]
+
+
+@transaction.atomic
+def crowd_worker_join(*, study: Study, worker_id: str, session_id: str = ""):
+    """The annotator account of a crowd worker (Prolific-style link), limited to this study."""
+    if not worker_id or len(worker_id) > 64 or not worker_id.replace("-", "").replace("_", "").isalnum():
+        raise StudyError("PROLIFIC_PID must be 1-64 letters, digits, '-' or '_'")
+    if study.status != Study.Status.OPEN:
+        raise StudyError("this study is not open")
+    user, created = get_user_model().objects.get_or_create(username=f"crowd-{study.public_id.hex[:8]}-{worker_id}")
+    if created:
+        user.set_unusable_password()  # signs in through the study link only
+        user.save()
+        user.groups.add(Group.objects.get_or_create(name=ANNOTATORS)[0])
+    membership, _ = StudyMembership.objects.get_or_create(study=study, annotator=user)
+    membership.external_worker_id = worker_id
+    membership.external_session_id = session_id or membership.external_session_id
+    membership.save(update_fields=["external_worker_id", "external_session_id"])
+    return user
