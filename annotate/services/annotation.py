@@ -117,9 +117,18 @@ def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), n
             candidates = candidates.order_by("-judgment_count", "shuffle")
         else:
             candidates = candidates.order_by("shuffle")
-        item = candidates.select_for_update(skip_locked=True).first()
-        if item is None:
-            return None
+        # The lock keeps others off the row from here on, but the count above was read before
+        # a lease that another request committed just before we locked: count again, afresh.
+        passed_over: list[int] = []
+        while True:
+            item = candidates.exclude(pk__in=passed_over).select_for_update(skip_locked=True).first()
+            if item is None:
+                return None
+            open_leases = Assignment.objects.filter(item=item, state=Assignment.State.ACTIVE,
+                                                    expires_at__gt=now).count()
+            if item.judgment_count + open_leases < study.redundancy:
+                break
+            passed_over.append(item.pk)
         return Assignment.objects.create(
             item=item, annotator=annotator, leased_at=now,
             expires_at=now + timedelta(seconds=study.lease_seconds),

@@ -1,0 +1,228 @@
+"""The REST API and every permission around studies and annotation."""
+import json
+import re
+import uuid
+
+import pytest
+from django.urls import reverse
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from annotate.models import Checkpoint, Image, Judgment, Study
+from tests.factories import annotators, make_images, open_pairwise, open_rating
+
+pytestmark = pytest.mark.django_db
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def next_url(study):
+    return reverse("api-next", args=[study.public_id])
+
+
+def submit_url(study):
+    return reverse("api-submit", args=[study.public_id])
+
+
+# --- researchers ---------------------------------------------------------------------------
+
+def test_researcher_creates_opens_staffs_and_exports_a_study(researcher, annotator):
+    dataset, checkpoints = make_images(prompts=3, per_prompt=2)
+    api = client_for(researcher)
+    created = api.post(reverse("api-studies"), {
+        "name": "A vs B", "kind": "pairwise", "dataset": dataset.id,
+        "checkpoints": [c.id for c in checkpoints], "redundancy": 2, "instructions": "Look **closely**.",
+    }, format="json")
+    assert created.status_code == 201, created.content
+    study_id = created.json()["id"]
+    assert created.json()["items"] == 6 and created.json()["status"] == "draft"
+    assert api.post(reverse("api-study-members", args=[study_id]), {"usernames": ["ann"]},
+                    format="json").json() == {"members": 1}
+    assert api.post(reverse("api-study-open", args=[study_id])).json()["status"] == "open"
+    study = Study.objects.get(pk=study_id)
+    ann = client_for(annotator)
+    item = ann.post(next_url(study), {}, format="json").json()
+    ann.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "left"},
+             format="json")
+    export = api.get(reverse("api-study-judgments", args=[study_id])).json()
+    (row,) = export["results"]
+    assert row["annotator"] == "ann" and row["choice"] == "left" and row["a_on_left"] in (True, False)
+    assert row["answer"] == ("a" if row["a_on_left"] else "b")
+    assert {row["checkpoint_a"], row["checkpoint_b"]} == {"alpha-ckpt", "beta-ckpt"}
+    assert api.post(reverse("api-study-close", args=[study_id])).json()["status"] == "closed"
+    assert api.get(reverse("api-studies")).json()[0]["name"] == "A vs B"
+
+
+def test_study_creation_errors_are_clear(researcher):
+    dataset, checkpoints = make_images(prompts=1)
+    api = client_for(researcher)
+    one = api.post(reverse("api-studies"), {"name": "x", "kind": "pairwise", "dataset": dataset.id,
+                                            "checkpoints": [checkpoints[0].id]}, format="json")
+    assert one.status_code == 400 and "two or more" in one.json()["detail"]
+    bad = api.post(reverse("api-studies"), {"name": "x", "kind": "pairwise", "dataset": dataset.id,
+                                            "redundancy": 0}, format="json")
+    assert bad.status_code == 400 and "redundancy" in bad.json()
+    assert not Study.objects.exists()
+
+
+def test_token_auth_for_scripts(researcher):
+    token = APIClient().post(reverse("api-token"), {"username": "res", "password": "res-pass-123"}).json()["token"]
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert api.get(reverse("api-studies")).status_code == 200
+    assert Token.objects.get(key=token).user == researcher
+
+
+def test_schema_and_docs_are_served_without_network(client):
+    schema = client.get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    paths = json.loads(schema.content)["paths"]
+    assert "/api/annotate/{study_id}/submit/" in paths and "/api/studies/" in paths
+    docs = client.get("/api/docs/").content.decode()
+    assert "swagger-ui" in docs and "cdn" not in docs.lower()
+
+
+# --- permissions ---------------------------------------------------------------------------
+
+RESEARCHER_ONLY = ["api-studies", "api-study", "api-study-open", "api-study-close", "api-study-members",
+                   "api-study-judgments"]
+
+
+@pytest.mark.parametrize("name", RESEARCHER_ONLY)
+def test_annotators_and_anonymous_cannot_use_researcher_endpoints(name, annotator):
+    study = open_pairwise(members=[annotator])
+    url = reverse(name) if name == "api-studies" else reverse(name, args=[study.id])
+    for client, allowed in ((APIClient(), (401, 403)), (client_for(annotator), (403,))):
+        assert client.get(url).status_code in allowed + (405,)
+        assert client.post(url, {}, format="json").status_code in allowed + (405,)
+    assert Study.objects.get(pk=study.pk).status == "open"
+
+
+def test_annotator_cannot_see_other_studies():
+    member, outsider = annotators(2)
+    study = open_pairwise(members=[member])
+    api = client_for(outsider)
+    for name in ("api-next", "api-submit", "api-skip", "api-undo"):
+        assert api.post(reverse(name, args=[study.public_id]), {}, format="json").status_code == 404
+    assert api.get(reverse("api-progress", args=[study.public_id])).status_code == 404
+    assert api.get(reverse("api-annotator-studies")).json() == []
+    assert client_for(member).get(reverse("api-annotator-studies")).json()[0]["name"] == "pairs"
+    web = APIClient()
+    web.force_login(outsider)
+    assert web.get(reverse("annotate-study", args=[study.public_id])).status_code == 404
+
+
+def test_annotator_cannot_take_anothers_lease_or_see_its_images():
+    owner, other = annotators(2)
+    study = open_pairwise(members=[owner, other], prompts=1, per_prompt=1, redundancy=2)
+    item = client_for(owner).post(next_url(study), {}, format="json").json()
+    thief = client_for(other)
+    stolen = thief.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()),
+                                            "choice": "left"}, format="json")
+    assert stolen.status_code == 409 and stolen.json()["error"] == "item_unavailable"
+    browser = APIClient()
+    browser.force_login(other)
+    assert browser.get(item["images"][0]["url"]).status_code == 404
+    assert not Judgment.objects.exists()
+
+
+def test_anonymous_users_get_nothing():
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user])
+    assert APIClient().post(next_url(study), {}, format="json").status_code in (401, 403)
+    page = APIClient().get(reverse("annotate-study", args=[study.public_id]))
+    assert page.status_code == 302 and "/accounts/login/" in page["Location"]
+
+
+def test_submission_over_the_api_is_idempotent_and_answers_409_on_conflict():
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user])
+    api = client_for(user)
+    item = api.post(next_url(study), {}, format="json").json()
+    body = {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "tie", "reason": "both_bad",
+            "time_spent_ms": 900}
+    first, retry = (api.post(submit_url(study), body, format="json") for _ in range(2))
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert first.json()["progress"]["answered"] == 1 == retry.json()["progress"]["answered"]
+    again = api.post(submit_url(study), {**body, "client_id": str(uuid.uuid4())}, format="json")
+    assert again.status_code == 409
+    assert api.post(submit_url(study), {**body, "choice": "sideways", "client_id": str(uuid.uuid4())},
+                    format="json").status_code == 400
+    assert Judgment.objects.get().reason == "both_bad"
+
+
+def test_done_returns_the_completion_code():
+    (user,) = annotators(1)
+    study = open_rating(members=[user], prompts=1, per_prompt=1, checkpoints=("only",))
+    api = client_for(user)
+    item = api.post(next_url(study), {}, format="json").json()
+    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "aligned"},
+             format="json")
+    done = api.post(next_url(study), {}, format="json").json()
+    assert done == {"done": True, "completion_code": study.completion_code,
+                    "progress": {"answered": 1, "skipped": 0, "target": 1}}
+
+
+def test_undo_and_skip_over_the_api():
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user])
+    api = client_for(user)
+    item = api.post(next_url(study), {}, format="json").json()
+    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "left"},
+             format="json")
+    undone = api.post(reverse("api-undo", args=[study.public_id]), {}, format="json")
+    assert undone.status_code == 200 and undone.json()["item"] == item["item"]
+    assert undone.json()["progress"]["answered"] == 0
+    assert api.post(reverse("api-undo", args=[study.public_id]), {}, format="json").status_code == 409
+    skipped = api.post(reverse("api-skip", args=[study.public_id]),
+                       {"item": item["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
+    assert skipped.status_code == 201
+    assert api.get(reverse("api-progress", args=[study.public_id])).json()["skipped"] == 1
+
+
+# --- blinding ------------------------------------------------------------------------------
+
+def collect_annotator_responses(user, study) -> list[str]:
+    """Everything an annotator's browser receives while working through a study."""
+    web = APIClient()
+    web.force_login(user)
+    bodies = [web.get("/").content.decode(), web.get(reverse("annotate-study", args=[study.public_id])).content.decode()]
+    exclude = []
+    while True:
+        response = web.post(next_url(study), {"exclude": exclude}, format="json")
+        bodies.append(response.content.decode())
+        data = response.json()
+        if data.get("done"):
+            break
+        for image in data["images"]:
+            fetched = web.get(image["url"])
+            assert fetched.status_code == 200
+            bodies.append(image["url"] + " " + repr(dict(fetched.headers)))
+        answer = web.post(submit_url(study), {"item": data["item"], "client_id": str(uuid.uuid4()),
+                                              "choice": "left" if study.kind == "pairwise" else "aligned"},
+                          format="json")
+        bodies.append(answer.content.decode())
+    bodies.append(web.post(reverse("api-undo", args=[study.public_id]), {}, format="json").content.decode())
+    bodies.append(web.get(reverse("api-annotator-studies")).content.decode())
+    return bodies
+
+
+@pytest.mark.parametrize("opener", [open_pairwise, open_rating])
+def test_no_checkpoint_or_image_identity_reaches_an_annotator(opener, media_root):
+    (user,) = annotators(1)
+    study = opener(members=[user], prompts=3, per_prompt=1)
+    for image in Image.objects.all():  # real files, so that the image view serves them
+        path = media_root / image.file.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\xff\xd8\xff\xe0 fake jpeg")
+    text = "\n".join(collect_annotator_responses(user, study))
+    for checkpoint in Checkpoint.objects.all():
+        assert checkpoint.name not in text
+        assert not re.search(rf"generated/{checkpoint.id}/", text)
+    for image in Image.objects.all():
+        assert image.file.name not in text and image.sha256 not in text
+    assert "gold" not in text.lower() and "image_a" not in text and "image_b" not in text
