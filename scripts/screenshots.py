@@ -30,6 +30,16 @@ def main() -> None:
         page.click("text=demo-scenes")
         page.wait_for_load_state("networkidle")
         page.screenshot(path=args.out / "dataset.png")
+        annotator = browser.new_page(viewport={"width": 1280, "height": 860})
+        annotator.goto(f"{args.base}/accounts/login/")
+        annotator.fill("#id_username", "annotator")
+        annotator.fill("#id_password", "annotator-demo-pass")
+        annotator.click("button[type=submit]")
+        annotator.click("text=Demo: careful vs sloppy")
+        annotator.wait_for_selector("#task:not([hidden])")
+        annotator.click(".instructions summary")  # folded, as after the first answer
+        annotator.wait_for_timeout(300)
+        annotator.screenshot(path=args.out / "annotate.png")
         browser.close()
 
 
