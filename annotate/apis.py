@@ -4,6 +4,7 @@ Researchers manage studies and export judgments; annotators ask for the next ite
 answer it. Annotator responses carry item ids and image slots only, never a checkpoint,
 an image id or a gold answer.
 """
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import permissions, serializers, status
@@ -12,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotate import selectors
-from annotate.models import Checkpoint, Dataset, Skip, Study
+from annotate.models import Checkpoint, Dataset, Skip, Study, StudyMembership
 from annotate.roles import is_researcher
 from annotate.services import annotation, studies
 
@@ -175,13 +176,11 @@ class StudyJudgmentsApi(APIView):
 
 # --- annotators --------------------------------------------------------------------------
 
-def _member_study(request, public_id) -> Study:
-    study = selectors.annotator_study_get(annotator=request.user, public_id=public_id)
-    if study is None:
-        from django.http import Http404
-
+def _membership(request, public_id) -> StudyMembership:
+    membership = selectors.annotator_membership_get(annotator=request.user, public_id=public_id)
+    if membership is None:
         raise Http404
-    return study
+    return membership
 
 
 ItemOutput = inline_serializer("AnnotatorItem", {
@@ -211,18 +210,19 @@ class NextItemApi(APIView):
     @extend_schema(request=Input, responses={200: ItemOutput, 204: inline_serializer(
         "Done", {"done": serializers.BooleanField(), "completion_code": serializers.CharField()})})
     def post(self, request, study_id):
-        study = _member_study(request, study_id)
+        membership = _membership(request, study_id)
+        study = membership.study
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            lease = annotation.assignment_next(study=study, annotator=request.user,
+            lease = annotation.assignment_next(study=study, annotator=request.user, membership=membership,
                                                exclude=data.validated_data["exclude"])
         except annotation.AnnotationError as exc:
             return error_response(exc)
-        progress = selectors.annotator_progress(study=study, annotator=request.user)
+        progress = annotation.progress_of(membership)
         if lease is None:
             return Response({"done": True, "completion_code": study.completion_code, "progress": progress})
-        return Response({**selectors.annotator_item_payload(lease=lease), "progress": progress})
+        return Response({**selectors.annotator_item_payload(lease=lease, study=study), "progress": progress})
 
 
 class SubmitApi(APIView):
@@ -239,18 +239,17 @@ class SubmitApi(APIView):
         "client_id": serializers.UUIDField(), "created": serializers.BooleanField(),
         "progress": serializers.DictField()})})
     def post(self, request, study_id):
-        study = _member_study(request, study_id)
+        membership = _membership(request, study_id)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             fields = dict(data.validated_data)
-            result = annotation.judgment_submit(study=study, annotator=request.user,
-                                                item_public_id=fields.pop("item"), **fields)
+            result = annotation.judgment_submit(study=membership.study, annotator=request.user,
+                                                membership=membership, item_public_id=fields.pop("item"), **fields)
         except annotation.AnnotationError as exc:
             return error_response(exc)
         return Response(
-            {"client_id": str(result.judgment.client_id), "created": result.created,
-             "progress": selectors.annotator_progress(study=study, annotator=request.user)},
+            {"client_id": str(result.client_id), "created": result.created, "progress": result.progress},
             status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
         )
 
@@ -265,7 +264,7 @@ class SkipApi(APIView):
     @extend_schema(request=Input, responses={201: inline_serializer("Skipped", {
         "client_id": serializers.UUIDField(), "created": serializers.BooleanField()})})
     def post(self, request, study_id):
-        study = _member_study(request, study_id)
+        study = _membership(request, study_id).study
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -281,12 +280,12 @@ class SkipApi(APIView):
 class UndoApi(APIView):
     @extend_schema(request=None, responses=ItemOutput)
     def post(self, request, study_id):
-        study = _member_study(request, study_id)
+        study = _membership(request, study_id).study
         try:
             lease = annotation.judgment_undo(study=study, annotator=request.user)
         except annotation.AnnotationError as exc:
             return error_response(exc)
-        return Response({**selectors.annotator_item_payload(lease=lease),
+        return Response({**selectors.annotator_item_payload(lease=lease, study=study),
                          "progress": selectors.annotator_progress(study=study, annotator=request.user)})
 
 
@@ -295,5 +294,4 @@ class ProgressApi(APIView):
         "answered": serializers.IntegerField(), "skipped": serializers.IntegerField(),
         "target": serializers.IntegerField()}))
     def get(self, request, study_id):
-        study = _member_study(request, study_id)
-        return Response(selectors.annotator_progress(study=study, annotator=request.user))
+        return Response(annotation.progress_of(_membership(request, study_id)))

@@ -8,6 +8,7 @@ studies, whose items are leased to annotators (assignments) and answered (judgme
 Models hold fields, constraints and trivial properties; writes live in ``services``,
 reads in ``selectors``.
 """
+import secrets
 import uuid
 
 from django.conf import settings
@@ -368,6 +369,8 @@ class Study(models.Model):
         max_length=16, choices=ItemOrder.choices, default=ItemOrder.CLOSEST_TO_COMPLETION
     )
     completion_code = models.CharField(max_length=64, blank=True)
+    # Items are made with the study and never added later; kept so pages need not count them.
+    item_count = models.PositiveIntegerField(default=0)
     dataset = models.ForeignKey(
         Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="studies"
     )
@@ -399,6 +402,10 @@ class Study(models.Model):
         return self.name
 
 
+def random_rank() -> int:
+    return secrets.randbelow(2**31)
+
+
 class StudyItem(models.Model):
     """What an annotator judges: one image (rating) or two images of one prompt (pairwise)."""
 
@@ -411,6 +418,9 @@ class StudyItem(models.Model):
     gold_answer = models.CharField(max_length=16, blank=True)
     # Kept by the judgment service so that the assignment query never counts rows.
     judgment_count = models.PositiveIntegerField(default=0)
+    # A random position: each annotator walks the items in this order from their own
+    # starting point, so orders differ per annotator and concurrent annotators spread out.
+    rank = models.PositiveIntegerField(default=random_rank)
 
     class Meta:
         constraints = [
@@ -431,7 +441,11 @@ class StudyItem(models.Model):
                 condition=Q(is_gold=False) | ~Q(gold_answer=""), name="item_gold_has_answer"
             ),
         ]
-        indexes = [models.Index(fields=["study", "judgment_count"], name="item_study_progress")]
+        indexes = [
+            # Serves "closest to completion first, then by rank" with LIMIT 1 in the assignment query.
+            models.Index(fields=["study", "-judgment_count", "rank"], name="item_study_queue"),
+            models.Index(fields=["study", "rank"], name="item_study_rank"),
+        ]
 
 
 class StudyMembership(models.Model):
@@ -447,6 +461,9 @@ class StudyMembership(models.Model):
     paused_reason = models.CharField(max_length=300, blank=True)
     gold_answered = models.PositiveIntegerField(default=0)
     gold_correct = models.PositiveIntegerField(default=0)
+    # Kept by the answer services: the progress bar reads them without counting.
+    answered_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
     joined_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -491,7 +508,10 @@ class Assignment(models.Model):
                 condition=Q(expires_at__gt=models.F("leased_at")), name="assignment_expires_after_lease"
             ),
         ]
-        indexes = [models.Index(fields=["item", "state", "expires_at"], name="assignment_item_state")]
+        indexes = [
+            models.Index(fields=["item", "state", "expires_at"], name="assignment_item_state"),
+            models.Index(fields=["annotator", "state"], name="assignment_annotator_state"),
+        ]
 
 
 class LeaseOutcome(models.Model):
@@ -562,6 +582,7 @@ class Skip(LeaseOutcome):
         constraints = [
             models.UniqueConstraint(fields=["annotator", "client_id"], name="skip_unique_client_id"),
         ]
+        indexes = [models.Index(fields=["item", "annotator"], name="skip_item_annotator")]
 
 
 class Report(models.Model):

@@ -4,7 +4,7 @@ from django.db.models import Count, QuerySet
 from django.urls import reverse
 
 from annotate.models import (
-    Assignment, Dataset, GenerationJob, Image, Judgment, Prompt, Skip, Study, StudyItem,
+    Assignment, Dataset, GenerationJob, Image, Judgment, Prompt, Study, StudyItem, StudyMembership,
 )
 
 
@@ -43,20 +43,26 @@ def annotator_study_get(*, annotator, public_id) -> Study | None:
         return None
 
 
+def annotator_membership_get(*, annotator, public_id) -> StudyMembership | None:
+    """The annotator's membership (with its study), or None: non-members cannot tell a study exists."""
+    try:
+        return (StudyMembership.objects.select_related("study")
+                .filter(study__public_id=public_id, annotator=annotator).first())
+    except (ValueError, ValidationError):
+        return None
+
+
 def annotator_progress(*, study: Study, annotator) -> dict:
-    answered = Judgment.objects.filter(item__study=study, annotator=annotator).count()
-    skipped = Skip.objects.filter(item__study=study, annotator=annotator).count()
-    target = study.items_per_annotator or study.items.count()
-    return {"answered": answered, "skipped": skipped, "target": target}
+    from annotate.services.annotation import progress_of
+
+    membership = StudyMembership.objects.select_related("study").get(study=study, annotator=annotator)
+    return progress_of(membership)
 
 
-def annotator_item_payload(*, lease: Assignment) -> dict:
+def annotator_item_payload(*, lease: Assignment, study: Study) -> dict:
     """What the annotator's browser receives for one item: no image, checkpoint or gold identity."""
-    item, study = lease.item, lease.item.study
-    if study.kind == Study.Kind.PAIRWISE:
-        slots = ["left", "right"]
-    else:
-        slots = ["single"]
+    item = lease.item
+    slots = ["left", "right"] if study.kind == Study.Kind.PAIRWISE else ["single"]
     return {
         "item": str(item.public_id),
         "kind": study.kind,

@@ -13,20 +13,28 @@ Policy for answers (stated once, relied on by the UI and the API):
   (judgments + other open leases < redundancy), and refused (409) once it is full: no item
   ever holds more judgments than its redundancy;
 - the last judgment can be undone while its lease has not expired.
+
+A lease whose ``expires_at`` has passed is expired whatever its ``state`` says; leasing
+the same item again renews that row.
+
+Next-item and submit are the hot paths (one pair per judgment): they are a handful of SQL
+statements each (``annotate.services.queue_sql``), because the ORM's query compilation
+alone cost more than the whole budget per judgment. Rare paths use the ORM.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce, Mod
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from annotate.models import Assignment, Judgment, Skip, Study, StudyItem, StudyMembership
+from annotate.services import queue_sql
 
 
 class AnnotationError(Exception):
@@ -60,25 +68,34 @@ TIE_REASONS = {"", "both_good", "both_bad"}
 
 def membership_get(*, study: Study, annotator) -> StudyMembership:
     try:
-        return StudyMembership.objects.get(study=study, annotator=annotator)
+        return StudyMembership.objects.select_related("study").get(study=study, annotator=annotator)
     except StudyMembership.DoesNotExist:
         raise NotAMember("you are not a member of this study") from None
 
 
-def _open_leases(now: datetime, **filters) -> Subquery:
-    leases = (Assignment.objects.filter(item=OuterRef("pk"), state=Assignment.State.ACTIVE,
-                                        expires_at__gt=now, **filters)
-              .order_by().values("item").annotate(n=Count("pk")).values("n"))
-    return Coalesce(Subquery(leases, output_field=IntegerField()), Value(0))
+def _active_membership(study: Study, annotator, membership: StudyMembership | None) -> StudyMembership:
+    membership = membership or membership_get(study=study, annotator=annotator)
+    if membership.is_paused:
+        raise AnnotatorPaused(membership.paused_reason or "you are paused in this study")
+    return membership
 
 
-def answered_count(*, study: Study, annotator) -> int:
-    return (Judgment.objects.filter(item__study=study, annotator=annotator).count()
-            + Skip.objects.filter(item__study=study, annotator=annotator).count())
+def progress_of(membership: StudyMembership) -> dict:
+    study = membership.study
+    return {"answered": membership.answered_count, "skipped": membership.skipped_count,
+            "target": study.items_per_annotator or study.item_count}
 
 
-def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), now: datetime | None = None
-                    ) -> Assignment | None:
+def start_rank(study: Study, annotator) -> int:
+    """Where this annotator starts in the study's random item order (items are walked by
+    rank from here, wrapping around): orders differ per annotator, and concurrent
+    annotators start in different places."""
+    digest = hashlib.sha256(f"{study.pk}:{annotator.pk}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31
+
+
+def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), now: datetime | None = None,
+                    membership: StudyMembership | None = None) -> Assignment | None:
     """The annotator's lease on the next item, or None when nothing is left for them.
 
     An open lease of theirs is returned again (a reloaded page resumes where it was);
@@ -87,75 +104,33 @@ def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), n
     now = now or timezone.now()
     if study.status != Study.Status.OPEN:
         raise StudyNotOpen("this study is not open")
-    membership = membership_get(study=study, annotator=annotator)
-    if membership.is_paused:
-        raise AnnotatorPaused(membership.paused_reason or "you are paused in this study")
+    membership = _active_membership(study, annotator, membership)
     with transaction.atomic():
-        mine = Assignment.objects.filter(annotator=annotator, item__study=study, state=Assignment.State.ACTIVE)
-        mine.filter(expires_at__lte=now).update(state=Assignment.State.EXPIRED)
-        held = mine.filter(expires_at__gt=now).exclude(item__public_id__in=list(exclude)).order_by("leased_at")
-        if (lease := held.select_related("item").first()) is not None:
-            return lease
+        held = queue_sql.held_lease(study=study, annotator=annotator, now=now, exclude=list(exclude))
+        if held is not None:
+            return held
         if study.items_per_annotator is not None:
-            in_hand = mine.filter(expires_at__gt=now).count()
-            if answered_count(study=study, annotator=annotator) + in_hand >= study.items_per_annotator:
+            in_hand = queue_sql.open_lease_count(study=study, annotator=annotator, now=now)
+            answered = membership.answered_count + membership.skipped_count
+            if answered + in_hand >= study.items_per_annotator:
                 return None
-        candidates = (
-            StudyItem.objects.filter(study=study)
-            .alias(
-                judged=Exists(Judgment.objects.filter(item=OuterRef("pk"), annotator=annotator)),
-                skipped=Exists(Skip.objects.filter(item=OuterRef("pk"), annotator=annotator)),
-                holding=Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=annotator,
-                                                         state=Assignment.State.ACTIVE, expires_at__gt=now)),
-                taken=F("judgment_count") + _open_leases(now),
-                # A fixed shuffle per annotator: everyone sees the items in a different order.
-                shuffle=Mod(F("id") * 2654435761 + annotator.pk * 40503, 1000003),
-            )
-            .filter(judged=False, skipped=False, holding=False, taken__lt=study.redundancy)
-        )
-        if study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION:
-            candidates = candidates.order_by("-judgment_count", "shuffle")
-        else:
-            candidates = candidates.order_by("shuffle")
-        # The lock keeps others off the row from here on, but the count above was read before
-        # a lease that another request committed just before we locked: count again, afresh.
+        closest = study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION
         passed_over: list[int] = []
         while True:
-            item = candidates.exclude(pk__in=passed_over).select_for_update(skip_locked=True).first()
+            item = queue_sql.next_candidate(study=study, annotator=annotator, now=now, closest=closest,
+                                            start=start_rank(study, annotator), passed_over=passed_over)
             if item is None:
                 return None
-            open_leases = Assignment.objects.filter(item=item, state=Assignment.State.ACTIVE,
-                                                    expires_at__gt=now).count()
-            if item.judgment_count + open_leases < study.redundancy:
+            # The row lock keeps others off this item from here on, but the candidate query
+            # counted leases before one that another request committed just before our lock:
+            # count again, afresh (SQLite serialises writers, so its count is already current).
+            if not queue_sql.takes_locks() or (
+                    item.judgment_count + queue_sql.open_leases_on(item_id=item.id, now=now) < study.redundancy):
                 break
-            passed_over.append(item.pk)
-        return Assignment.objects.create(
-            item=item, annotator=annotator, leased_at=now,
-            expires_at=now + timedelta(seconds=study.lease_seconds),
-            a_on_left=random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None,
-        )
-
-
-def _locked_item(study: Study, item_public_id) -> StudyItem:
-    try:
-        return StudyItem.objects.select_for_update().get(study=study, public_id=item_public_id)
-    except (StudyItem.DoesNotExist, ValueError, TypeError):
-        raise ItemUnavailable("no such item in this study") from None
-
-
-def _usable_lease(study: Study, item: StudyItem, annotator, now: datetime) -> Assignment:
-    """The annotator's lease that this answer settles; an expired one only while the item has room."""
-    lease = (Assignment.objects.filter(item=item, annotator=annotator)
-             .exclude(state__in=[Assignment.State.ANSWERED, Assignment.State.SKIPPED])
-             .order_by("-leased_at").first())
-    if lease is None:
-        raise ItemUnavailable("this item was not assigned to you")
-    if lease.state != Assignment.State.ACTIVE or lease.expires_at <= now:
-        others = Assignment.objects.filter(item=item, state=Assignment.State.ACTIVE, expires_at__gt=now
-                                           ).exclude(annotator=annotator).count()
-        if item.judgment_count + others >= study.redundancy:
-            raise ItemUnavailable("your lease on this item expired and the item has been completed by others")
-    return lease
+            passed_over.append(item.id)
+        a_on_left = random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None
+        return queue_sql.lease_insert(item=item, annotator=annotator, now=now,
+                                      expires_at=now + timedelta(seconds=study.lease_seconds), a_on_left=a_on_left)
 
 
 def _validate_answer(study: Study, choice: str, score: int | None, reason: str) -> None:
@@ -175,19 +150,23 @@ def _validate_answer(study: Study, choice: str, score: int | None, reason: str) 
 
 def canonical_answer(judgment: Judgment) -> str:
     """The answer in the item's own terms: a / b / tie for pairs, aligned / not_aligned for ratings."""
-    if judgment.choice == "tie":
+    return answer_in_item_terms(judgment.choice, judgment.score, judgment.a_on_left)
+
+
+def answer_in_item_terms(choice: str, score: int | None, a_on_left: bool | None) -> str:
+    if choice == "tie":
         return "tie"
-    if judgment.choice in ("left", "right"):
-        return "a" if (judgment.choice == "left") == judgment.a_on_left else "b"
-    if judgment.choice == Judgment.Choice.SCORE:
-        return "aligned" if judgment.score >= 4 else "not_aligned" if judgment.score <= 2 else "unsure"
-    return judgment.choice
+    if choice in ("left", "right"):
+        return "a" if (choice == "left") == a_on_left else "b"
+    if choice == Judgment.Choice.SCORE:
+        return "aligned" if score >= 4 else "not_aligned" if score <= 2 else "unsure"
+    return choice
 
 
-def _record_gold(study: Study, annotator, judgment: Judgment, delta: int = 1) -> None:
+def _record_gold(study: Study, annotator, correct: bool, delta: int = 1) -> None:
     membership = StudyMembership.objects.select_for_update().get(study=study, annotator=annotator)
     membership.gold_answered += delta
-    membership.gold_correct += delta * int(bool(judgment.gold_correct))
+    membership.gold_correct += delta * int(correct)
     if (delta > 0 and not membership.is_paused and membership.gold_answered >= study.gold_min_answers
             and membership.gold_correct / membership.gold_answered < study.gold_min_accuracy):
         membership.is_paused = True
@@ -198,62 +177,76 @@ def _record_gold(study: Study, annotator, judgment: Judgment, delta: int = 1) ->
         # Flagged, never deleted: the report decides whether to count them.
         Judgment.objects.filter(item__study=study, annotator=annotator).update(
             is_flagged=True, flag_reason="annotator paused: " + membership.paused_reason)
-    membership.save()
+    membership.save(update_fields=["gold_answered", "gold_correct", "is_paused", "paused_reason"])
 
 
 @dataclass
 class Submitted:
-    judgment: Judgment
+    judgment_id: int
+    client_id: uuid.UUID
     created: bool
+    progress: dict
+
+    @property
+    def judgment(self) -> Judgment:
+        return Judgment.objects.get(pk=self.judgment_id)
 
 
 def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID, choice: str,
                     score: int | None = None, reason: str = "", time_spent_ms: int | None = None,
-                    now: datetime | None = None) -> Submitted:
+                    now: datetime | None = None, membership: StudyMembership | None = None) -> Submitted:
     now = now or timezone.now()
-    existing = Judgment.objects.filter(annotator=annotator, client_id=client_id).select_related("item").first()
-    if existing is not None:
-        return _repeat(existing, item_public_id)
+    membership = membership or membership_get(study=study, annotator=annotator)
+    repeat = _repeat(annotator, client_id, item_public_id, membership)
+    if repeat is not None:
+        return repeat
     _validate_answer(study, choice, score, reason)
-    membership = membership_get(study=study, annotator=annotator)
-    if membership.is_paused:
-        raise AnnotatorPaused(membership.paused_reason or "you are paused in this study")
-    try:
-        with transaction.atomic():
-            item = _locked_item(study, item_public_id)
-            # Re-read under the item's lock: a concurrent retry of the same answer lands here.
-            existing = Judgment.objects.filter(annotator=annotator, client_id=client_id).select_related("item").first()
-            if existing is not None:
-                return _repeat(existing, item_public_id)
-            if Judgment.objects.filter(item=item, annotator=annotator).exists():
+    membership = _active_membership(study, annotator, membership)
+    with transaction.atomic():
+        item = queue_sql.item_lock(study=study, item_public_id=item_public_id)
+        if item is None:
+            raise ItemUnavailable("no such item in this study")
+        lease = queue_sql.lease_for_answer(item_id=item.id, annotator=annotator, now=now)
+        if lease is None:
+            if Judgment.objects.filter(item_id=item.id, annotator=annotator).exists():
                 raise ItemUnavailable("you already answered this item")
-            lease = _usable_lease(study, item, annotator, now)
-            judgment = Judgment(
-                item=item, annotator=annotator, assignment=lease, client_id=client_id, choice=choice,
-                score=score if choice == Judgment.Choice.SCORE else None, reason=reason,
-                a_on_left=lease.a_on_left, time_spent_ms=time_spent_ms,
-                is_flagged=membership.is_paused,
-            )
-            if item.is_gold:
-                judgment.gold_correct = canonical_answer(judgment) == item.gold_answer
-            judgment.save()
-            Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.ANSWERED)
-            StudyItem.objects.filter(pk=item.pk).update(judgment_count=F("judgment_count") + 1)
-            if item.is_gold:
-                _record_gold(study, annotator, judgment)
-    except IntegrityError:
-        # The same client id committed by a concurrent request first.
-        existing = Judgment.objects.filter(annotator=annotator, client_id=client_id).select_related("item").first()
-        if existing is None:
-            raise
-        return _repeat(existing, item_public_id)
-    return Submitted(judgment, True)
+            raise ItemUnavailable("this item was not assigned to you")
+        if not lease.live:
+            others = queue_sql.open_leases_on(item_id=item.id, now=now, besides=annotator)
+            if item.judgment_count + others >= study.redundancy:
+                raise ItemUnavailable("your lease on this item expired and the item has been completed by others")
+        score = score if choice == Judgment.Choice.SCORE else None
+        gold_correct = None
+        if item.is_gold:
+            gold_correct = answer_in_item_terms(choice, score, lease.a_on_left) == item.gold_answer
+        judgment_id = queue_sql.judgment_insert(
+            item_id=item.id, annotator=annotator, assignment_id=lease.id, client_id=client_id, choice=choice,
+            score=score, reason=reason, a_on_left=lease.a_on_left, time_spent_ms=time_spent_ms,
+            gold_correct=gold_correct, now=now)
+        if judgment_id is None:
+            # A unique constraint held: the same client id committed by a concurrent request
+            # first (a repeat), or a different answer to this item already stored.
+            repeat = _repeat(annotator, client_id, item_public_id, membership)
+            if repeat is not None:
+                return repeat
+            raise ItemUnavailable("you already answered this item")
+        answered, skipped = queue_sql.answer_settle(lease_id=lease.id, item_id=item.id,
+                                                    membership_id=membership.id, state="answered")
+        if item.is_gold:
+            _record_gold(study, annotator, gold_correct)
+    membership.answered_count, membership.skipped_count = answered, skipped
+    return Submitted(judgment_id, client_id, True, progress_of(membership))
 
 
-def _repeat(existing: Judgment, item_public_id) -> Submitted:
-    if str(existing.item.public_id) != str(item_public_id):
+def _repeat(annotator, client_id, item_public_id, membership: StudyMembership) -> Submitted | None:
+    existing = queue_sql.judgment_by_client_id(annotator=annotator, client_id=client_id)
+    if existing is None:
+        return None
+    judgment_id, existing_item = existing
+    if str(existing_item) != str(item_public_id):
         raise InvalidAnswer("this client_id was already used for another item")
-    return Submitted(existing, False)
+    membership.refresh_from_db(fields=["answered_count", "skipped_count"])
+    return Submitted(judgment_id, client_id, False, progress_of(membership))
 
 
 def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID, reason: str,
@@ -264,20 +257,21 @@ def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID
     existing = Skip.objects.filter(annotator=annotator, client_id=client_id).first()
     if existing is not None:
         return existing, False
-    membership_get(study=study, annotator=annotator)
+    membership = membership_get(study=study, annotator=annotator)
     with transaction.atomic():
-        item = _locked_item(study, item_public_id)
-        if (Judgment.objects.filter(item=item, annotator=annotator).exists()
-                or Skip.objects.filter(item=item, annotator=annotator).exists()):
+        item = queue_sql.item_lock(study=study, item_public_id=item_public_id)
+        if item is None:
+            raise ItemUnavailable("no such item in this study")
+        if (Judgment.objects.filter(item_id=item.id, annotator=annotator).exists()
+                or Skip.objects.filter(item_id=item.id, annotator=annotator).exists()):
             raise ItemUnavailable("you already answered this item")
-        lease = (Assignment.objects.filter(item=item, annotator=annotator)
-                 .exclude(state__in=[Assignment.State.ANSWERED, Assignment.State.SKIPPED])
-                 .order_by("-leased_at").first())
+        lease = queue_sql.lease_for_answer(item_id=item.id, annotator=annotator, now=now)
         if lease is None:
             raise ItemUnavailable("this item was not assigned to you")
-        skip = Skip.objects.create(item=item, annotator=annotator, assignment=lease, client_id=client_id,
-                                   reason=reason, note=note[:300])
-        Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.SKIPPED)
+        skip = Skip.objects.create(item_id=item.id, annotator=annotator, assignment_id=lease.id,
+                                   client_id=client_id, reason=reason, note=note[:300])
+        Assignment.objects.filter(pk=lease.id).update(state=Assignment.State.SKIPPED)
+        StudyMembership.objects.filter(pk=membership.pk).update(skipped_count=F("skipped_count") + 1)
     return skip, True
 
 
@@ -286,17 +280,19 @@ def judgment_undo(*, study: Study, annotator, now: datetime | None = None) -> As
     now = now or timezone.now()
     with transaction.atomic():
         last = (Judgment.objects.filter(item__study=study, annotator=annotator)
-                .select_related("assignment", "item").order_by("-created_at", "-pk").first())
+                .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())
         if last is None:
             raise ItemUnavailable("there is nothing to undo")
         lease = last.assignment
         if lease is None or lease.expires_at <= now:
             raise ItemUnavailable("the lease of your last answer has expired; it can no longer be undone")
-        StudyItem.objects.filter(pk=last.item_id).update(
-            judgment_count=F("judgment_count") - 1)
+        StudyItem.objects.filter(pk=last.item_id).update(judgment_count=F("judgment_count") - 1)
+        StudyMembership.objects.filter(study=study, annotator=annotator).update(
+            answered_count=F("answered_count") - 1)
         if last.item.is_gold:
-            _record_gold(study, annotator, last, delta=-1)
+            _record_gold(study, annotator, bool(last.gold_correct), delta=-1)
         last.delete()
         Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.ACTIVE)
         lease.refresh_from_db()
+        lease.item = last.item
         return lease

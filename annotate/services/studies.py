@@ -98,8 +98,15 @@ def study_create_pairwise(
                 items.append(StudyItem(study=study, prompt_id=prompt_id, image_a=a, image_b=b))
     if not items:
         raise StudyError(f"the checkpoints have no images with files for the prompts of {dataset.name}")
+    return _study_items_save(study, items, answers, gold_share, rng)
+
+
+def _study_items_save(study: Study, items: list[StudyItem], answers: dict[int, str], gold_share: float,
+                      rng: random.Random) -> Study:
     _choose_gold(items, answers, gold_share, rng)
     StudyItem.objects.bulk_create(items, batch_size=2000)
+    study.item_count = len(items)
+    study.save(update_fields=["item_count"])
     return study
 
 
@@ -128,9 +135,7 @@ def study_create_rating(
         items.append(StudyItem(study=study, prompt_id=image.prompt_id, image_a=image))
     if not items:
         raise StudyError(f"{dataset.name} has no images with files to rate")
-    _choose_gold(items, answers, gold_share, rng)
-    StudyItem.objects.bulk_create(items, batch_size=2000)
-    return study
+    return _study_items_save(study, items, answers, gold_share, rng)
 
 
 @transaction.atomic

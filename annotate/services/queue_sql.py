@@ -1,0 +1,220 @@
+"""The SQL of the annotation hot paths (next item, submit), for PostgreSQL and SQLite.
+
+Each function is one statement. Callers hold the transaction; the locking clauses apply on
+PostgreSQL (SQLite serialises writers and has none). Results come back as light model
+instances carrying only what the caller uses.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone as dt_timezone
+
+from django.db import connection
+from django.utils.dateparse import parse_datetime
+
+from annotate.models import Assignment, Judgment, Prompt, StudyItem, StudyMembership
+
+ITEM = StudyItem._meta.db_table
+LEASE = Assignment._meta.db_table
+JUDGMENT = Judgment._meta.db_table
+SKIP = "annotate_skip"
+PROMPT = Prompt._meta.db_table
+MEMBERSHIP = StudyMembership._meta.db_table
+_UUID_FIELD = StudyItem._meta.get_field("public_id")
+
+
+def takes_locks() -> bool:
+    return connection.features.has_select_for_update_skip_locked
+
+
+def _uuid(value) -> object:
+    return _UUID_FIELD.get_db_prep_value(value, connection)
+
+
+def _uuid_out(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _dt(value: datetime):
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _dt_out(value) -> datetime:
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt_timezone.utc)
+
+
+def _bool_out(value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _fetchone(sql: str, params: list):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def _item(item_id, public_id, judgment_count, prompt_id=None, prompt_text=None) -> StudyItem:
+    # from_db: the fields not read here are deferred and load on access, never silently default.
+    item = StudyItem.from_db(connection.alias, ["id", "public_id", "judgment_count"],
+                             [item_id, _uuid_out(public_id), judgment_count])
+    if prompt_id is not None:
+        item.prompt = Prompt.from_db(connection.alias, ["id", "text"], [prompt_id, prompt_text])
+    return item
+
+
+def _lease(lease_id, item: StudyItem, annotator, a_on_left, leased_at, expires_at) -> Assignment:
+    lease = Assignment.from_db(
+        connection.alias, ["id", "item_id", "annotator_id", "state", "a_on_left", "leased_at", "expires_at"],
+        [lease_id, item.id, annotator.pk, Assignment.State.ACTIVE, _bool_out(a_on_left), _dt_out(leased_at),
+         _dt_out(expires_at)])
+    lease.item = item
+    lease.annotator = annotator
+    return lease
+
+
+def held_lease(*, study, annotator, now: datetime, exclude: list) -> Assignment | None:
+    """The annotator's oldest open lease in the study on an item not in ``exclude``."""
+    not_in = ""
+    params: list = [annotator.pk, _dt(now), study.pk]
+    if exclude:
+        not_in = f" AND i.public_id NOT IN ({', '.join(['%s'] * len(exclude))})"
+        params += [_uuid(e) for e in exclude]
+    row = _fetchone(
+        f"SELECT a.id, a.a_on_left, a.leased_at, a.expires_at, i.id, i.public_id, i.judgment_count, p.id, p.text"
+        f" FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id JOIN {PROMPT} p ON p.id = i.prompt_id"
+        f" WHERE a.annotator_id = %s AND a.state = 'active' AND a.expires_at > %s AND i.study_id = %s{not_in}"
+        f" ORDER BY a.leased_at LIMIT 1", params)
+    if row is None:
+        return None
+    return _lease(row[0], _item(*row[4:9]), annotator, row[1], row[2], row[3])
+
+
+def open_lease_count(*, study, annotator, now: datetime) -> int:
+    return _fetchone(
+        f"SELECT COUNT(*) FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id"
+        f" WHERE a.annotator_id = %s AND a.state = 'active' AND a.expires_at > %s AND i.study_id = %s",
+        [annotator.pk, _dt(now), study.pk])[0]
+
+
+def open_leases_on(*, item_id: int, now: datetime, besides=None) -> int:
+    sql = f"SELECT COUNT(*) FROM {LEASE} WHERE item_id = %s AND state = 'active' AND expires_at > %s"
+    params = [item_id, _dt(now)]
+    if besides is not None:
+        sql += " AND annotator_id <> %s"
+        params.append(besides.pk)
+    return _fetchone(sql, params)[0]
+
+
+def _candidate(*, study, annotator, now, closest: bool, rank_clause: str, start: int, passed_over: list[int]):
+    skip_passed = f" AND i.id NOT IN ({', '.join(['%s'] * len(passed_over))})" if passed_over else ""
+    order = "i.judgment_count DESC, i.rank" if closest else "i.rank"
+    lock = " FOR UPDATE OF i SKIP LOCKED" if takes_locks() else ""
+    now_db = _dt(now)
+    return _fetchone(
+        f"SELECT i.id, i.public_id, i.judgment_count, p.id, p.text"
+        f" FROM {ITEM} i JOIN {PROMPT} p ON p.id = i.prompt_id"
+        f" WHERE i.study_id = %s AND i.judgment_count < %s AND i.rank {rank_clause} %s{skip_passed}"
+        f" AND NOT EXISTS (SELECT 1 FROM {JUDGMENT} j WHERE j.item_id = i.id AND j.annotator_id = %s)"
+        f" AND NOT EXISTS (SELECT 1 FROM {SKIP} k WHERE k.item_id = i.id AND k.annotator_id = %s)"
+        f" AND NOT EXISTS (SELECT 1 FROM {LEASE} m WHERE m.item_id = i.id AND m.annotator_id = %s"
+        f"                 AND m.state = 'active' AND m.expires_at > %s)"
+        f" AND i.judgment_count + (SELECT COUNT(*) FROM {LEASE} o WHERE o.item_id = i.id"
+        f"                         AND o.state = 'active' AND o.expires_at > %s) < %s"
+        f" ORDER BY {order} LIMIT 1{lock}",
+        [study.pk, study.redundancy, start, *passed_over, annotator.pk, annotator.pk, annotator.pk, now_db,
+         now_db, study.redundancy])
+
+
+def next_candidate(*, study, annotator, now: datetime, closest: bool, start: int,
+                   passed_over: list[int]) -> StudyItem | None:
+    """The best open item for the annotator, locked: closest to completion (when asked), then
+    by rank from the annotator's starting point, wrapping around. Two index range scans
+    with LIMIT 1, never a scan or sort of the whole study."""
+    args = dict(study=study, annotator=annotator, now=now, closest=closest, start=start, passed_over=passed_over)
+    after = _candidate(rank_clause=">=", **args)
+    if after is not None and (not closest or after[2] == study.redundancy - 1):
+        return _item(*after)  # nothing can come before it
+    before = _candidate(rank_clause="<", **args)
+    if after is None or (before is not None and closest and before[2] > after[2]):
+        return _item(*before) if before is not None else None
+    return _item(*after)
+
+
+def lease_insert(*, item: StudyItem, annotator, now: datetime, expires_at: datetime, a_on_left) -> Assignment:
+    """A new lease, or the renewal of the annotator's own lapsed lease on the same item."""
+    row = _fetchone(
+        f"INSERT INTO {LEASE} (item_id, annotator_id, state, a_on_left, leased_at, expires_at)"
+        f" VALUES (%s, %s, 'active', %s, %s, %s)"
+        f" ON CONFLICT (item_id, annotator_id) WHERE state = 'active'"
+        f" DO UPDATE SET a_on_left = excluded.a_on_left, leased_at = excluded.leased_at,"
+        f" expires_at = excluded.expires_at RETURNING id",
+        [item.id, annotator.pk, a_on_left, _dt(now), _dt(expires_at)])
+    return _lease(row[0], item, annotator, a_on_left, now, expires_at)
+
+
+@dataclass(frozen=True)
+class LockedItem:
+    id: int
+    judgment_count: int
+    is_gold: bool
+    gold_answer: str
+
+
+def item_lock(*, study, item_public_id) -> LockedItem | None:
+    try:
+        key = _uuid(item_public_id)
+    except Exception:  # not a UUID: no such item
+        return None
+    lock = " FOR UPDATE" if takes_locks() else ""
+    row = _fetchone(f"SELECT id, judgment_count, is_gold, gold_answer FROM {ITEM}"
+                    f" WHERE study_id = %s AND public_id = %s{lock}", [study.pk, key])
+    return None if row is None else LockedItem(row[0], row[1], bool(row[2]), row[3])
+
+
+@dataclass(frozen=True)
+class AnswerLease:
+    id: int
+    a_on_left: bool | None
+    live: bool
+
+
+def lease_for_answer(*, item_id: int, annotator, now: datetime) -> AnswerLease | None:
+    """The annotator's latest lease on the item that no answer or skip has settled yet."""
+    row = _fetchone(
+        f"SELECT id, a_on_left, CASE WHEN state = 'active' AND expires_at > %s THEN 1 ELSE 0 END FROM {LEASE}"
+        f" WHERE item_id = %s AND annotator_id = %s AND state NOT IN ('answered', 'skipped')"
+        f" ORDER BY leased_at DESC LIMIT 1", [_dt(now), item_id, annotator.pk])
+    return None if row is None else AnswerLease(row[0], _bool_out(row[1]), bool(row[2]))
+
+
+def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, choice: str, score, reason: str,
+                    a_on_left, time_spent_ms, gold_correct, now: datetime) -> int | None:
+    """The new judgment's id, or None when a unique constraint (client id, or one judgment
+    per annotator and item) already holds it."""
+    row = _fetchone(
+        f"INSERT INTO {JUDGMENT} (item_id, annotator_id, assignment_id, client_id, created_at, choice, score,"
+        f" reason, a_on_left, time_spent_ms, gold_correct, is_flagged, flag_reason)"
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '') ON CONFLICT DO NOTHING RETURNING id",
+        [item_id, annotator.pk, assignment_id, _uuid(client_id), _dt(now), choice, score, reason, a_on_left,
+         time_spent_ms, gold_correct, False])
+    return None if row is None else row[0]
+
+
+def answer_settle(*, lease_id: int, item_id: int, membership_id: int, state: str) -> tuple[int, int]:
+    """Close the lease, count the judgment on the item and the annotator; returns the
+    annotator's (answered, skipped) counts."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {LEASE} SET state = %s WHERE id = %s", [state, lease_id])
+        cursor.execute(f"UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id = %s", [item_id])
+        cursor.execute(f"UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1 WHERE id = %s"
+                       f" RETURNING answered_count, skipped_count", [membership_id])
+        return cursor.fetchone()
+
+
+def judgment_by_client_id(*, annotator, client_id) -> tuple[int, uuid.UUID] | None:
+    row = _fetchone(f"SELECT j.id, i.public_id FROM {JUDGMENT} j JOIN {ITEM} i ON i.id = j.item_id"
+                    f" WHERE j.annotator_id = %s AND j.client_id = %s", [annotator.pk, _uuid(client_id)])
+    return None if row is None else (row[0], _uuid_out(row[1]))
