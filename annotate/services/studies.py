@@ -5,6 +5,7 @@ import itertools
 import random
 import secrets
 from collections import defaultdict
+from typing import NamedTuple
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -24,7 +25,16 @@ class StudyError(ValueError):
     """A study cannot be made or changed as asked; the message says why."""
 
 
-def image_truth(image: Image, positive_labels: int | None = None) -> bool | None:
+class _Img(NamedTuple):
+    id: int
+    checkpoint_id: int
+    prompt_id: int
+    seed: int
+    index: int
+    metadata: dict
+
+
+def image_truth(image, positive_labels: int | None = None) -> bool | None:
     """Whether an image is known to match its prompt: the generator's ground truth, or
     unanimous imported labels (3 of 3 aligned, or none). None when unknown."""
     if "matches_prompt" in image.metadata:
@@ -73,9 +83,11 @@ def study_create_pairwise(
     if pairing not in ("matched", "random"):
         raise StudyError("pairing must be 'matched' or 'random'")
     rng = random.Random(seed)
-    images: dict[tuple[int, int], list[Image]] = defaultdict(list)  # (checkpoint, prompt) -> images
-    for image in (Image.objects.filter(prompt__dataset=dataset, checkpoint__in=checkpoints)
-                  .exclude(file="").order_by("prompt_id", "seed", "index")):
+    images: dict[tuple[int, int], list[_Img]] = defaultdict(list)  # (checkpoint, prompt) -> images
+    for row in (Image.objects.filter(prompt__dataset=dataset, checkpoint__in=checkpoints).exclude(file="")
+                .order_by("prompt_id", "seed", "index")
+                .values_list("id", "checkpoint_id", "prompt_id", "seed", "index", "metadata")):
+        image = _Img(*row)
         images[(image.checkpoint_id, image.prompt_id)].append(image)
     study = Study.objects.create(**_study_fields(Study.Kind.PAIRWISE, dict(
         name=name, dataset=dataset, gold_share=gold_share, created_by=created_by, **fields)))
@@ -95,7 +107,7 @@ def study_create_pairwise(
                 truth_a, truth_b = image_truth(a), image_truth(b)
                 if truth_a is not None and truth_b is not None and truth_a != truth_b:
                     answers[len(items)] = "a" if truth_a else "b"
-                items.append(StudyItem(study=study, prompt_id=prompt_id, image_a=a, image_b=b))
+                items.append(StudyItem(study=study, prompt_id=prompt_id, image_a_id=a.id, image_b_id=b.id))
     if not items:
         raise StudyError(f"the checkpoints have no images with files for the prompts of {dataset.name}")
     return _study_items_save(study, items, answers, gold_share, rng)
