@@ -42,3 +42,46 @@ def test_dataset_page_requires_login(client):
 
 def test_healthz_reports_the_database(client):
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_crowd_link_signs_the_worker_in_to_that_study_only(client):
+    from tests.factories import annotators, open_pairwise
+
+    (other_member,) = annotators(1, prefix="m")
+    study = open_pairwise(members=[other_member])
+    second = open_pairwise(members=[other_member])
+    url = reverse("crowd-start", args=[study.public_id])
+    response = client.get(url, {"PROLIFIC_PID": "60a7f0c1e2", "STUDY_ID": "abc", "SESSION_ID": "s1"})
+    assert response.status_code == 302
+    assert response["Location"] == reverse("annotate-study", args=[study.public_id])
+    page = client.get(response["Location"])
+    assert page.status_code == 200 and 'id="progress"' in page.content.decode()
+    home = client.get("/").content.decode()
+    assert home.count("/annotate/") == 1 and str(second.public_id) not in home
+    assert client.get(reverse("annotate-study", args=[second.public_id])).status_code == 404
+    assert client.get("/admin/").status_code == 302
+
+
+def test_crowd_link_without_worker_id_or_for_a_closed_study_is_refused(client):
+    from annotate.services.studies import study_close
+    from tests.factories import open_pairwise
+
+    study = open_pairwise()
+    url = reverse("crowd-start", args=[study.public_id])
+    assert client.get(url).status_code == 400
+    study_close(study=study)
+    refused = client.get(url, {"PROLIFIC_PID": "abc"})
+    assert refused.status_code == 400 and "not open" in refused.content.decode()
+
+
+def test_annotator_page_has_labelled_controls_and_keyboard_hints(client, annotator):
+    from tests.factories import open_pairwise
+
+    study = open_pairwise(members=[annotator])
+    study.instructions = "Judge the **count**. <script>alert(1)</script>"
+    study.save()
+    client.force_login(annotator)
+    body = client.get(reverse("annotate-study", args=[study.public_id])).content.decode()
+    assert '<label for="progress">' in body and 'aria-keyshortcuts="1 ArrowLeft"' in body
+    assert "<strong>count</strong>" in body and "<script>alert(1)</script>" not in body
+    assert "alpha-ckpt" not in body and "beta-ckpt" not in body
