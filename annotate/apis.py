@@ -262,7 +262,8 @@ class SkipApi(APIView):
         note = serializers.CharField(required=False, allow_blank=True, default="", max_length=300)
 
     @extend_schema(request=Input, responses={201: inline_serializer("Skipped", {
-        "client_id": serializers.UUIDField(), "created": serializers.BooleanField()})})
+        "client_id": serializers.UUIDField(), "created": serializers.BooleanField(),
+        "progress": serializers.DictField()})})
     def post(self, request, study_id):
         study = _membership(request, study_id).study
         data = self.Input(data=request.data)
@@ -273,7 +274,8 @@ class SkipApi(APIView):
                                                    item_public_id=fields.pop("item"), **fields)
         except annotation.AnnotationError as exc:
             return error_response(exc)
-        return Response({"client_id": str(skip.client_id), "created": created},
+        return Response({"client_id": str(skip.client_id), "created": created,
+                         "progress": selectors.annotator_progress(study=study, annotator=request.user)},
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 

@@ -15,6 +15,9 @@
   let shownAt = 0;
   let chain = Promise.resolve();
   let filling = null;
+  // Leases run beside the answers and carry a count from before the latest answer was stored:
+  // once an answer's response has set the progress, only answers (and undo) may change it.
+  let progressFromAnswers = false;
   // Items answered on this page: excluded from prefetching while their answers are in flight.
   const answered = [];
   function remember(itemId) { answered.push(itemId); if (answered.length > 20) answered.shift(); }
@@ -51,7 +54,7 @@
       try { r = await call(entry.path, entry.body); } catch (e) { r = { status: 0 }; }
       if (r.status === 200 || r.status === 201) {
         setPending(pending().filter((p) => p.body.client_id !== entry.body.client_id));
-        if (r.data && r.data.progress) progress(r.data.progress);
+        if (r.data && r.data.progress) { progressFromAnswers = true; progress(r.data.progress); }
         return r;
       }
       if (r.status >= 400 && r.status < 500 && r.status !== 429) {
@@ -102,7 +105,7 @@
       $("task").hidden = true;
       $("done").hidden = false;
       $("completion-code").textContent = item.completion_code;
-      if (item.progress) progress(item.progress);
+      if (item.progress && !progressFromAnswers) progress(item.progress);
       return;
     }
     item.client_id = item.client_id || crypto.randomUUID();
@@ -115,7 +118,7 @@
       img.alt = (im.slot === "single" ? "Image" : im.slot === "left" ? "Left image" : "Right image") +
         " for: " + item.prompt;
     });
-    if (item.progress) progress(item.progress);
+    if (item.progress && !progressFromAnswers) progress(item.progress);
     shownAt = performance.now();
     fill();
   }
@@ -153,6 +156,7 @@
     const i = answered.indexOf(r.data.item);
     if (i >= 0) answered.splice(i, 1);
     say("Your last answer was taken back.");
+    if (r.data.progress) progress(r.data.progress);
     show(r.data);
   }
 

@@ -34,6 +34,23 @@ class Seen:
                 self.unread.append(f"{response.url}: {exc}")
 
 
+# Every value #progress-text takes, in order, from the page's first render on.
+RECORD_PROGRESS = """
+window.progressSeen = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const text = document.getElementById("progress-text");
+  if (!text) return;
+  window.progressSeen.push(text.textContent);
+  new MutationObserver((changes) => changes.forEach((change) => change.addedNodes.forEach(
+    (node) => window.progressSeen.push(node.textContent)))).observe(text, {childList: true});
+});
+"""
+
+
+def progress_seen(page: Page) -> list[int]:
+    return [int(value.split(" of ")[0]) for value in page.evaluate("window.progressSeen")]
+
+
 def log_in(page: Page, base_url: str) -> None:
     page.goto(base_url + "/accounts/login/")
     page.fill("#id_username", "annotator")
@@ -109,6 +126,7 @@ def test_annotator_answers_pairs_and_a_rating_with_the_keyboard(page: Page, live
     pairwise, rating = Study.objects.get(name=PAIRWISE), Study.objects.get(name=RATING)
     assert pairwise.status == rating.status == Study.Status.OPEN
     page.set_default_timeout(TIMEOUT_MS)
+    page.add_init_script(RECORD_PROGRESS)
     seen = Seen(page)
 
     log_in(page, live_server.url)
@@ -124,7 +142,9 @@ def test_annotator_answers_pairs_and_a_rating_with_the_keyboard(page: Page, live
         answer(page, key, "left", expect_done=n)
         assert progress(page)[0] == n
     assert page.locator("#progress").evaluate("p => p.value") == 5
-    left_bytes = [(image_bytes(page, left), image_bytes(page, right)) for _, left, right in shown]
+    counts = progress_seen(page)
+    assert counts == sorted(counts) and counts[-1] == 5, f"the progress went backwards: {counts}"
+    served = [(image_bytes(page, left), image_bytes(page, right)) for _, left, right in shown]
     assert_nothing_names_a_checkpoint(page, seen)
 
     open_study(page, live_server.url, RATING)
@@ -134,10 +154,11 @@ def test_annotator_answers_pairs_and_a_rating_with_the_keyboard(page: Page, live
     assert_nothing_names_a_checkpoint(page, seen)
 
     judgments = list(Judgment.objects.filter(item__study=pairwise, annotator__username="annotator")
-                     .select_related("item__image_a", "item__image_b", "assignment").order_by("created_at", "pk"))
+                     .select_related("item__image_a", "item__image_b", "assignment")
+                     .order_by("created_at", "pk"))
     assert [(j.choice, j.reason) for j in judgments] == expected
     assert [str(j.item.public_id) for j in judgments] == [item for item, _, _ in shown]
-    for judgment, (left, right) in zip(judgments, left_bytes, strict=True):
+    for judgment, (left, right) in zip(judgments, served, strict=True):
         assert judgment.a_on_left is not None
         assert judgment.a_on_left == judgment.assignment.a_on_left
         assert judgment.assignment.state == Assignment.State.ANSWERED
@@ -148,7 +169,8 @@ def test_annotator_answers_pairs_and_a_rating_with_the_keyboard(page: Page, live
         if judgment.choice == "tie":
             assert canonical_answer(judgment) == "tie"
         else:
-            assert canonical_answer(judgment) == ("a" if (judgment.choice == "left") == judgment.a_on_left else "b")
+            a_chosen = (judgment.choice == "left") == judgment.a_on_left
+            assert canonical_answer(judgment) == ("a" if a_chosen else "b")
     assert all(StudyItem.objects.get(pk=j.item_id).judgment_count == 1 for j in judgments)
 
     rated = Judgment.objects.get(item__study=rating, annotator__username="annotator")
@@ -179,7 +201,7 @@ def test_undo_brings_back_the_last_item(page: Page, live_server):
     expect(page.locator("#status")).to_have_text("Your last answer was taken back.")
     assert shown_item(page, "left") == (second, second_left)
     assert progress(page)[0] == 1
-    assert list(mine.values_list("item__public_id", flat=True)) == [StudyItem.objects.get(public_id=first).public_id]
+    assert [str(item) for item in mine.values_list("item__public_id", flat=True)] == [first]
     assert StudyItem.objects.get(public_id=second).judgment_count == 0
 
     # Answered again, differently: stored once, and the item held back comes next.
