@@ -43,15 +43,6 @@ def annotator_study_get(*, annotator, public_id) -> Study | None:
         return None
 
 
-def annotator_membership_get(*, annotator, public_id) -> StudyMembership | None:
-    """The annotator's membership (with its study), or None: non-members cannot tell a study exists."""
-    try:
-        return (StudyMembership.objects.select_related("study")
-                .filter(study__public_id=public_id, annotator=annotator).first())
-    except (ValueError, ValidationError):
-        return None
-
-
 def annotator_progress(*, study: Study, annotator) -> dict:
     from annotate.services.annotation import progress_of
 

@@ -114,23 +114,21 @@ def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), n
             answered = membership.answered_count + membership.skipped_count
             if answered + in_hand >= study.items_per_annotator:
                 return None
+        queue_sql.commit_leases_asynchronously()
         closest = study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION
+        a_on_left = random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None
         passed_over: list[int] = []
         while True:
             item = queue_sql.next_candidate(study=study, annotator=annotator, now=now, closest=closest,
                                             start=start_rank(study, annotator), passed_over=passed_over)
             if item is None:
                 return None
-            # The row lock keeps others off this item from here on, but the candidate query
-            # counted leases before one that another request committed just before our lock:
-            # count again, afresh (SQLite serialises writers, so its count is already current).
-            if not queue_sql.takes_locks() or (
-                    item.judgment_count + queue_sql.open_leases_on(item_id=item.id, now=now) < study.redundancy):
-                break
-            passed_over.append(item.id)
-        a_on_left = random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None
-        return queue_sql.lease_insert(item=item, annotator=annotator, now=now,
-                                      expires_at=now + timedelta(seconds=study.lease_seconds), a_on_left=a_on_left)
+            lease = queue_sql.lease_insert(item=item, annotator=annotator, now=now, a_on_left=a_on_left,
+                                           expires_at=now + timedelta(seconds=study.lease_seconds),
+                                           redundancy=study.redundancy)
+            if lease is not None:
+                return lease
+            passed_over.append(item.id)  # filled by a lease committed just before our lock
 
 
 def _validate_answer(study: Study, choice: str, score: int | None, reason: str) -> None:
@@ -197,17 +195,25 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
                     now: datetime | None = None, membership: StudyMembership | None = None) -> Submitted:
     now = now or timezone.now()
     membership = membership or membership_get(study=study, annotator=annotator)
-    repeat = _repeat(annotator, client_id, item_public_id, membership)
-    if repeat is not None:
-        return repeat
-    _validate_answer(study, choice, score, reason)
-    membership = _active_membership(study, annotator, membership)
+    try:
+        _validate_answer(study, choice, score, reason)
+        membership = _active_membership(study, annotator, membership)
+    except AnnotationError:
+        # A resent answer is recognised by its client id, whatever has changed since.
+        repeat = _repeat(annotator, client_id, item_public_id, membership)
+        if repeat is not None:
+            return repeat
+        raise
     with transaction.atomic():
         item = queue_sql.item_lock(study=study, item_public_id=item_public_id)
         if item is None:
             raise ItemUnavailable("no such item in this study")
         lease = queue_sql.lease_for_answer(item_id=item.id, annotator=annotator, now=now)
         if lease is None:
+            # Its lease is settled: a resend of a stored answer, or a second answer.
+            repeat = _repeat(annotator, client_id, item_public_id, membership)
+            if repeat is not None:
+                return repeat
             if Judgment.objects.filter(item_id=item.id, annotator=annotator).exists():
                 raise ItemUnavailable("you already answered this item")
             raise ItemUnavailable("this item was not assigned to you")
@@ -225,13 +231,12 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
             gold_correct=gold_correct, now=now)
         if judgment_id is None:
             # A unique constraint held: the same client id committed by a concurrent request
-            # first (a repeat), or a different answer to this item already stored.
+            # first (a repeat), or its client id used for another item.
             repeat = _repeat(annotator, client_id, item_public_id, membership)
             if repeat is not None:
                 return repeat
             raise ItemUnavailable("you already answered this item")
-        answered, skipped = queue_sql.answer_settle(lease_id=lease.id, item_id=item.id,
-                                                    membership_id=membership.id, state="answered")
+        answered, skipped = queue_sql.answer_settle(lease_id=lease.id, item_id=item.id, membership_id=membership.id)
         if item.is_gold:
             _record_gold(study, annotator, gold_correct)
     membership.answered_count, membership.skipped_count = answered, skipped

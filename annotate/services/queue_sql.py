@@ -13,7 +13,7 @@ from datetime import datetime, timezone as dt_timezone
 from django.db import connection
 from django.utils.dateparse import parse_datetime
 
-from annotate.models import Assignment, Judgment, Prompt, StudyItem, StudyMembership
+from annotate.models import Assignment, Judgment, Prompt, Study, StudyItem, StudyMembership
 
 ITEM = StudyItem._meta.db_table
 LEASE = Assignment._meta.db_table
@@ -50,6 +50,15 @@ def _bool_out(value) -> bool | None:
     return None if value is None else bool(value)
 
 
+def from_db(model, values: dict):
+    """An instance from the named values; the fields not given are deferred (they load on
+    access, never silently default). Model.from_db wants values in field order: done here."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    if len(names) != len(values):
+        raise ValueError(f"not fields of {model.__name__}: {sorted(set(values) - set(names))}")
+    return model.from_db(connection.alias, names, [values[n] for n in names])
+
+
 def _fetchone(sql: str, params: list):
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -58,21 +67,47 @@ def _fetchone(sql: str, params: list):
 
 def _item(item_id, public_id, judgment_count, prompt_id=None, prompt_text=None) -> StudyItem:
     # from_db: the fields not read here are deferred and load on access, never silently default.
-    item = StudyItem.from_db(connection.alias, ["id", "public_id", "judgment_count"],
-                             [item_id, _uuid_out(public_id), judgment_count])
+    item = from_db(StudyItem, {"id": item_id, "public_id": _uuid_out(public_id), "judgment_count": judgment_count})
     if prompt_id is not None:
-        item.prompt = Prompt.from_db(connection.alias, ["id", "text"], [prompt_id, prompt_text])
+        item.prompt = from_db(Prompt, {"id": prompt_id, "text": prompt_text})
     return item
 
 
 def _lease(lease_id, item: StudyItem, annotator, a_on_left, leased_at, expires_at) -> Assignment:
-    lease = Assignment.from_db(
-        connection.alias, ["id", "item_id", "annotator_id", "state", "a_on_left", "leased_at", "expires_at"],
-        [lease_id, item.id, annotator.pk, Assignment.State.ACTIVE, _bool_out(a_on_left), _dt_out(leased_at),
-         _dt_out(expires_at)])
+    lease = from_db(Assignment, {
+        "id": lease_id, "item_id": item.id, "annotator_id": annotator.pk, "state": Assignment.State.ACTIVE,
+        "a_on_left": _bool_out(a_on_left), "leased_at": _dt_out(leased_at), "expires_at": _dt_out(expires_at)})
     lease.item = item
     lease.annotator = annotator
     return lease
+
+
+_MEMBERSHIP_FIELDS = ["id", "study_id", "annotator_id", "is_paused", "paused_reason", "answered_count",
+                      "skipped_count"]
+_STUDY_FIELDS = ["id", "public_id", "name", "kind", "status", "question", "rating_scale", "redundancy",
+                 "lease_seconds", "items_per_annotator", "item_order", "item_count", "completion_code",
+                 "gold_min_accuracy", "gold_min_answers"]
+
+
+def membership_with_study(*, annotator, study_public_id) -> StudyMembership | None:
+    """The annotator's membership of the study, with the study, in one statement."""
+    try:
+        key = _uuid(study_public_id)
+    except Exception:  # not a UUID: no such study
+        return None
+    columns = ", ".join([f"m.{f}" for f in _MEMBERSHIP_FIELDS] + [f"s.{f}" for f in _STUDY_FIELDS])
+    row = _fetchone(f"SELECT {columns} FROM {MEMBERSHIP} m JOIN {Study._meta.db_table} s ON s.id = m.study_id"
+                    f" WHERE s.public_id = %s AND m.annotator_id = %s", [key, annotator.pk])
+    if row is None:
+        return None
+    m = dict(zip(_MEMBERSHIP_FIELDS, row[:len(_MEMBERSHIP_FIELDS)]))
+    st = dict(zip(_STUDY_FIELDS, row[len(_MEMBERSHIP_FIELDS):]))
+    m["is_paused"] = bool(m["is_paused"])
+    st["public_id"] = _uuid_out(st["public_id"])
+    membership = from_db(StudyMembership, m)
+    membership.study = from_db(Study, st)
+    membership.annotator = annotator
+    return membership
 
 
 def held_lease(*, study, annotator, now: datetime, exclude: list) -> Assignment | None:
@@ -143,16 +178,33 @@ def next_candidate(*, study, annotator, now: datetime, closest: bool, start: int
     return _item(*after)
 
 
-def lease_insert(*, item: StudyItem, annotator, now: datetime, expires_at: datetime, a_on_left) -> Assignment:
-    """A new lease, or the renewal of the annotator's own lapsed lease on the same item."""
+def lease_insert(*, item: StudyItem, annotator, now: datetime, expires_at: datetime, a_on_left,
+                 redundancy: int) -> Assignment | None:
+    """A new lease, or the renewal of the annotator's own lapsed lease on the same item; None
+    when the item has no room left once counted afresh.
+
+    The caller holds the item's row lock, but its candidate query counted leases before one
+    that another request committed just before the lock was taken: this statement counts
+    again (a new statement sees it) and inserts only while the item still has room.
+    """
     row = _fetchone(
         f"INSERT INTO {LEASE} (item_id, annotator_id, state, a_on_left, leased_at, expires_at)"
-        f" VALUES (%s, %s, 'active', %s, %s, %s)"
+        f" SELECT %s, %s, 'active', %s, %s, %s"
+        f" WHERE (SELECT judgment_count FROM {ITEM} WHERE id = %s)"
+        f"     + (SELECT COUNT(*) FROM {LEASE} WHERE item_id = %s AND state = 'active' AND expires_at > %s) < %s"
         f" ON CONFLICT (item_id, annotator_id) WHERE state = 'active'"
         f" DO UPDATE SET a_on_left = excluded.a_on_left, leased_at = excluded.leased_at,"
         f" expires_at = excluded.expires_at RETURNING id",
-        [item.id, annotator.pk, a_on_left, _dt(now), _dt(expires_at)])
-    return _lease(row[0], item, annotator, a_on_left, now, expires_at)
+        [item.id, annotator.pk, a_on_left, _dt(now), _dt(expires_at), item.id, item.id, _dt(now), redundancy])
+    return None if row is None else _lease(row[0], item, annotator, a_on_left, now, expires_at)
+
+
+def commit_leases_asynchronously() -> None:
+    """Within this transaction (PostgreSQL), COMMIT does not wait for the WAL flush. Only for
+    leases: a lease lost in a crash just returns its item to the pool; judgments stay durable."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
 
 
 @dataclass(frozen=True)
@@ -203,14 +255,21 @@ def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, c
     return None if row is None else row[0]
 
 
-def answer_settle(*, lease_id: int, item_id: int, membership_id: int, state: str) -> tuple[int, int]:
-    """Close the lease, count the judgment on the item and the annotator; returns the
-    annotator's (answered, skipped) counts."""
+def answer_settle(*, lease_id: int, item_id: int, membership_id: int) -> tuple[int, int]:
+    """Close the lease as answered, count the judgment on the item and the annotator; returns
+    the annotator's (answered, skipped) counts."""
+    lease_sql = f"UPDATE {LEASE} SET state = 'answered' WHERE id = %s"
+    item_sql = f"UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id = %s"
+    member_sql = (f"UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1 WHERE id = %s"
+                  f" RETURNING answered_count, skipped_count")
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {LEASE} SET state = %s WHERE id = %s", [state, lease_id])
-        cursor.execute(f"UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id = %s", [item_id])
-        cursor.execute(f"UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1 WHERE id = %s"
-                       f" RETURNING answered_count, skipped_count", [membership_id])
+        if connection.vendor == "postgresql":  # one round trip
+            cursor.execute(f"WITH l AS ({lease_sql}), i AS ({item_sql}) {member_sql}",
+                           [lease_id, item_id, membership_id])
+        else:
+            cursor.execute(lease_sql, [lease_id])
+            cursor.execute(item_sql, [item_id])
+            cursor.execute(member_sql, [membership_id])
         return cursor.fetchone()
 
 

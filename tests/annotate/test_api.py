@@ -226,3 +226,42 @@ def test_no_checkpoint_or_image_identity_reaches_an_annotator(opener, media_root
     for image in Image.objects.all():
         assert image.file.name not in text and image.sha256 not in text
     assert "gold" not in text.lower() and "image_a" not in text and "image_b" not in text
+
+
+def test_annotator_token_auth_matches_drf_semantics(researcher):
+    from annotate.authentication import FastTokenAuthentication
+    from rest_framework.test import APIRequestFactory
+
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user])
+    token = Token.objects.create(user=user)
+    factory = APIRequestFactory()
+    found, key = FastTokenAuthentication().authenticate(
+        factory.post("/", HTTP_AUTHORIZATION=f"Token {token.key}"))
+    assert (found.pk, found.username, found.is_superuser, found.is_staff, key) == (user.pk, "ann0", False, False,
+                                                                                   token.key)
+    admin_token = Token.objects.create(user=researcher)
+    found, _ = FastTokenAuthentication().authenticate(factory.post("/", HTTP_AUTHORIZATION=f"Token {admin_token.key}"))
+    assert found.is_staff and not found.is_superuser
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert api.post(next_url(study), {}, format="json").status_code == 200
+    api.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    assert api.post(next_url(study), {}, format="json").status_code == 401
+    user.is_active = False
+    user.save()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert api.post(next_url(study), {}, format="json").status_code == 401
+
+
+def test_from_db_orders_values_by_field_and_defers_the_rest():
+    from annotate.services.queue_sql import from_db
+
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user])
+    light = from_db(Study, {"redundancy": 5, "id": study.pk, "name": "x"})  # any order in, field order kept
+    assert (light.pk, light.redundancy, light.name) == (study.pk, 5, "x")
+    assert light.get_deferred_fields() >= {"lease_seconds", "kind"}
+    assert light.lease_seconds == 600  # deferred: loaded from the database, not a default
+    with pytest.raises(ValueError, match="not fields"):
+        from_db(Study, {"id": 1, "nonsense": 2})
