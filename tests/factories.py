@@ -27,19 +27,18 @@ def annotators(n: int, prefix: str = "ann") -> list:
             for i in range(n)]
 
 
-def open_pairwise(*, members=(), **kwargs):
-    dataset, checkpoints = make_images(**{k: kwargs.pop(k) for k in ("prompts", "per_prompt", "truth", "checkpoints")
-                                          if k in kwargs})
-    study = study_create_pairwise(name="pairs", dataset=dataset, checkpoints=checkpoints, **kwargs)
+def _open(create, name: str, members, kwargs: dict):
+    image_args = {k: kwargs.pop(k) for k in ("prompts", "per_prompt", "truth", "checkpoints") if k in kwargs}
+    dataset, checkpoints = make_images(**image_args)
+    study = create(name=name, dataset=dataset, checkpoints=checkpoints, **kwargs)
     if members:
         study_add_members(study=study, usernames=[u.username for u in members])
     return study_open(study=study)
+
+
+def open_pairwise(*, members=(), **kwargs):
+    return _open(study_create_pairwise, "pairs", members, kwargs)
 
 
 def open_rating(*, members=(), **kwargs):
-    dataset, checkpoints = make_images(**{k: kwargs.pop(k) for k in ("prompts", "per_prompt", "truth", "checkpoints")
-                                          if k in kwargs})
-    study = study_create_rating(name="ratings", dataset=dataset, checkpoints=checkpoints, **kwargs)
-    if members:
-        study_add_members(study=study, usernames=[u.username for u in members])
-    return study_open(study=study)
+    return _open(study_create_rating, "ratings", members, kwargs)
