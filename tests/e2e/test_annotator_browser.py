@@ -209,3 +209,27 @@ def test_undo_brings_back_the_last_item(page: Page, live_server):
     assert shown_item(page, "left")[0] == third
     assert mine.get(item__public_id=second).choice == "tie"
     assert mine.count() == 2
+
+
+def test_on_a_tablet_the_answers_are_in_view_and_answer_by_touch(page: Page, live_server):
+    """768 x 1024, answering with the buttons instead of keys: the images and every answer fit
+    without scrolling, and the buttons are large enough to tap."""
+    demo_seed()
+    page.set_viewport_size({"width": 768, "height": 1024})
+    log_in(page, live_server.url)
+    open_study(page, live_server.url, PAIRWISE)
+    page.locator(".instructions summary").click()  # folded, as after the first answer
+    for selector in ("#img-left", "#img-right", "button[data-choice=left]", "button[data-choice=right]",
+                     "button[data-choice=tie]"):
+        box = page.locator(selector).first.bounding_box()
+        assert box and box["y"] >= 0 and box["y"] + box["height"] <= 1024, (selector, box)
+        if selector.startswith("button"):
+            assert box["height"] >= 40  # a comfortable touch target
+    first, _ = shown_item(page, "left")
+    with page.expect_response(lambda r: r.url.endswith("/submit/")) as submitted:
+        page.locator("button[data-choice=right]").click()
+    assert submitted.value.status == 201
+    expect(page.locator("#progress-text")).to_have_text(re.compile(r"^1 of "), timeout=TIMEOUT_MS)
+    assert shown_item(page, "left")[0] != first
+    judgment = Judgment.objects.get()
+    assert judgment.choice == "right" and judgment.a_on_left is not None
