@@ -180,8 +180,13 @@ class StudyJudgmentsApi(APIView):
 
 # --- annotators --------------------------------------------------------------------------
 
+_NOT_READ = object()
+
+
 def _membership(request, public_id) -> StudyMembership:
-    membership = queue_sql.membership_with_study(annotator=request.user, study_public_id=public_id)
+    membership = getattr(request._request, "calibra_membership", _NOT_READ)  # read with the token
+    if membership is _NOT_READ:
+        membership = queue_sql.membership_with_study(annotator=request.user, study_public_id=public_id)
     if membership is None:
         raise Http404
     return membership

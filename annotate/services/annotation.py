@@ -205,10 +205,10 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
             return repeat
         raise
     with transaction.atomic():
-        item = queue_sql.item_lock(study=study, item_public_id=item_public_id)
+        item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id,
+                                                     annotator=annotator, now=now)
         if item is None:
             raise ItemUnavailable("no such item in this study")
-        lease = queue_sql.lease_for_answer(item_id=item.id, annotator=annotator, now=now)
         if lease is None:
             # Its lease is settled: a resend of a stored answer, or a second answer.
             repeat = _repeat(annotator, client_id, item_public_id, membership)

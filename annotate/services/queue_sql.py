@@ -32,6 +32,9 @@ def _uuid(value) -> object:
     return _UUID_FIELD.get_db_prep_value(value, connection)
 
 
+uuid_param = _uuid
+
+
 def _uuid_out(value) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
@@ -89,25 +92,33 @@ _STUDY_FIELDS = ["id", "public_id", "name", "kind", "status", "question", "ratin
                  "gold_min_accuracy", "gold_min_answers"]
 
 
-def membership_with_study(*, annotator, study_public_id) -> StudyMembership | None:
-    """The annotator's membership of the study, with the study, in one statement."""
-    try:
-        key = _uuid(study_public_id)
-    except Exception:  # not a UUID: no such study
+MEMBERSHIP_COLUMNS = ", ".join([f"m.{f}" for f in _MEMBERSHIP_FIELDS] + [f"s.{f}" for f in _STUDY_FIELDS])
+MEMBERSHIP_JOIN = f"{MEMBERSHIP} m JOIN {Study._meta.db_table} s ON s.id = m.study_id"
+
+
+def membership_from_row(values, annotator) -> StudyMembership | None:
+    """A membership with its study from the MEMBERSHIP_COLUMNS of a row (None when absent)."""
+    if values[0] is None:
         return None
-    columns = ", ".join([f"m.{f}" for f in _MEMBERSHIP_FIELDS] + [f"s.{f}" for f in _STUDY_FIELDS])
-    row = _fetchone(f"SELECT {columns} FROM {MEMBERSHIP} m JOIN {Study._meta.db_table} s ON s.id = m.study_id"
-                    f" WHERE s.public_id = %s AND m.annotator_id = %s", [key, annotator.pk])
-    if row is None:
-        return None
-    m = dict(zip(_MEMBERSHIP_FIELDS, row[:len(_MEMBERSHIP_FIELDS)]))
-    st = dict(zip(_STUDY_FIELDS, row[len(_MEMBERSHIP_FIELDS):]))
+    m = dict(zip(_MEMBERSHIP_FIELDS, values[:len(_MEMBERSHIP_FIELDS)]))
+    st = dict(zip(_STUDY_FIELDS, values[len(_MEMBERSHIP_FIELDS):]))
     m["is_paused"] = bool(m["is_paused"])
     st["public_id"] = _uuid_out(st["public_id"])
     membership = from_db(StudyMembership, m)
     membership.study = from_db(Study, st)
     membership.annotator = annotator
     return membership
+
+
+def membership_with_study(*, annotator, study_public_id) -> StudyMembership | None:
+    """The annotator's membership of the study, with the study, in one statement."""
+    try:
+        key = _uuid(study_public_id)
+    except Exception:  # not a UUID: no such study
+        return None
+    row = _fetchone(f"SELECT {MEMBERSHIP_COLUMNS} FROM {MEMBERSHIP_JOIN}"
+                    f" WHERE s.public_id = %s AND m.annotator_id = %s", [key, annotator.pk])
+    return None if row is None else membership_from_row(row, annotator)
 
 
 def held_lease(*, study, annotator, now: datetime, exclude: list) -> Assignment | None:
@@ -234,12 +245,31 @@ class AnswerLease:
 
 
 def lease_for_answer(*, item_id: int, annotator, now: datetime) -> AnswerLease | None:
-    """The annotator's latest lease on the item that no answer or skip has settled yet."""
+    """The annotator's lease on the item that no answer or skip has settled yet (at most one:
+    leases are 'active' until settled, one per annotator and item)."""
     row = _fetchone(
-        f"SELECT id, a_on_left, CASE WHEN state = 'active' AND expires_at > %s THEN 1 ELSE 0 END FROM {LEASE}"
-        f" WHERE item_id = %s AND annotator_id = %s AND state NOT IN ('answered', 'skipped')"
-        f" ORDER BY leased_at DESC LIMIT 1", [_dt(now), item_id, annotator.pk])
+        f"SELECT id, a_on_left, CASE WHEN expires_at > %s THEN 1 ELSE 0 END FROM {LEASE}"
+        f" WHERE item_id = %s AND annotator_id = %s AND state = 'active'", [_dt(now), item_id, annotator.pk])
     return None if row is None else AnswerLease(row[0], _bool_out(row[1]), bool(row[2]))
+
+
+def item_lock_with_lease(*, study, item_public_id, annotator, now: datetime
+                         ) -> tuple[LockedItem | None, AnswerLease | None]:
+    """``item_lock`` and ``lease_for_answer`` in one round trip (the submit hot path)."""
+    try:
+        key = _uuid(item_public_id)
+    except Exception:  # not a UUID: no such item
+        return None, None
+    lock = " FOR UPDATE OF i" if takes_locks() else ""
+    row = _fetchone(
+        f"SELECT i.id, i.judgment_count, i.is_gold, i.gold_answer, a.id, a.a_on_left,"
+        f" CASE WHEN a.expires_at > %s THEN 1 ELSE 0 END"
+        f" FROM {ITEM} i LEFT JOIN {LEASE} a ON a.item_id = i.id AND a.annotator_id = %s AND a.state = 'active'"
+        f" WHERE i.study_id = %s AND i.public_id = %s{lock}", [_dt(now), annotator.pk, study.pk, key])
+    if row is None:
+        return None, None
+    item = LockedItem(row[0], row[1], bool(row[2]), row[3])
+    return item, (None if row[4] is None else AnswerLease(row[4], _bool_out(row[5]), bool(row[6])))
 
 
 def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, choice: str, score, reason: str,

@@ -265,3 +265,17 @@ def test_from_db_orders_values_by_field_and_defers_the_rest():
     assert light.lease_seconds == 600  # deferred: loaded from the database, not a default
     with pytest.raises(ValueError, match="not fields"):
         from_db(Study, {"id": 1, "nonsense": 2})
+
+
+def test_token_request_reads_user_and_membership_in_one_statement(django_assert_max_num_queries):
+    member, outsider = annotators(2)
+    study = open_pairwise(members=[member])
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=member).key}")
+    with django_assert_max_num_queries(1):
+        progress = api.get(reverse("api-progress", args=[study.public_id]))
+    assert progress.status_code == 200 and progress.json() == {"answered": 0, "skipped": 0,
+                                                               "target": study.item_count}
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=outsider).key}")
+    assert api.get(reverse("api-progress", args=[study.public_id])).status_code == 404
+    assert api.post(next_url(study), {}, format="json").status_code == 404
