@@ -37,7 +37,7 @@ def error_response(exc: Exception) -> Response:
 
 class StudyOutput(serializers.ModelSerializer):
     checkpoints = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
-    items = serializers.IntegerField(source="items.count", read_only=True)
+    items = serializers.IntegerField(source="item_count", read_only=True)
 
     class Meta:
         model = Study
@@ -214,9 +214,9 @@ class AnnotatorStudiesApi(AnnotatorApi):
         "progress": serializers.DictField()}, many=True))
     def get(self, request):
         return Response([
-            {"study": str(s.public_id), "name": s.name, "kind": s.kind,
-             "progress": selectors.annotator_progress(study=s, annotator=request.user)}
-            for s in selectors.annotator_study_list(annotator=request.user)
+            {"study": str(m.study.public_id), "name": m.study.name, "kind": m.study.kind,
+             "progress": annotation.progress_of(m)}
+            for m in selectors.annotator_open_memberships(annotator=request.user)
         ])
 
 

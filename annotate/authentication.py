@@ -33,9 +33,8 @@ class FastTokenAuthentication(TokenAuthentication):
         study_id = (getattr(request, "parser_context", None) or {}).get("kwargs", {}).get("study_id")
         study_key = None
         if study_id is not None:
-            try:
-                study_key = queue_sql.uuid_param(study_id)
-            except Exception:  # not a UUID: the view answers 404
+            study_key = queue_sql.uuid_or_none(study_id)
+            if study_key is None:  # not a UUID: the view answers 404
                 study_id = None
         with connection.cursor() as cursor:
             if study_id is None:

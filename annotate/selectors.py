@@ -31,8 +31,10 @@ def dataset_prompts_with_images(*, dataset: Dataset, limit: int = 60) -> list[Pr
     return prompts
 
 
-def annotator_study_list(*, annotator) -> QuerySet[Study]:
-    return Study.objects.filter(memberships__annotator=annotator, status=Study.Status.OPEN).order_by("name")
+def annotator_open_memberships(*, annotator) -> QuerySet[StudyMembership]:
+    """The annotator's memberships of open studies, with the studies (progress counts included)."""
+    return (StudyMembership.objects.filter(annotator=annotator, study__status=Study.Status.OPEN)
+            .select_related("study").order_by("study__name"))
 
 
 def annotator_study_get(*, annotator, public_id) -> Study | None:

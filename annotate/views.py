@@ -16,6 +16,7 @@ from django.views.decorators.cache import never_cache
 from annotate import selectors
 from annotate.models import Dataset, Study
 from annotate.roles import is_researcher
+from annotate.services.annotation import progress_of
 from annotate.services.studies import StudyError, crowd_worker_join
 
 
@@ -40,8 +41,7 @@ def home(request):
         return render(request, "annotate/researcher_home.html", context)
     studies = []
     if request.user.is_authenticated:
-        studies = [(s, selectors.annotator_progress(study=s, annotator=request.user))
-                   for s in selectors.annotator_study_list(annotator=request.user)]
+        studies = [(m.study, progress_of(m)) for m in selectors.annotator_open_memberships(annotator=request.user)]
     return render(request, "annotate/home.html", {"studies": studies})
 
 

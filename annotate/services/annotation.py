@@ -264,14 +264,14 @@ def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID
         return existing, False
     membership = membership_get(study=study, annotator=annotator)
     with transaction.atomic():
-        item = queue_sql.item_lock(study=study, item_public_id=item_public_id)
+        item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id,
+                                                     annotator=annotator, now=now)
         if item is None:
             raise ItemUnavailable("no such item in this study")
-        if (Judgment.objects.filter(item_id=item.id, annotator=annotator).exists()
-                or Skip.objects.filter(item_id=item.id, annotator=annotator).exists()):
-            raise ItemUnavailable("you already answered this item")
-        lease = queue_sql.lease_for_answer(item_id=item.id, annotator=annotator, now=now)
         if lease is None:
+            if (Judgment.objects.filter(item_id=item.id, annotator=annotator).exists()
+                    or Skip.objects.filter(item_id=item.id, annotator=annotator).exists()):
+                raise ItemUnavailable("you already answered this item")
             raise ItemUnavailable("this item was not assigned to you")
         skip = Skip.objects.create(item_id=item.id, annotator=annotator, assignment_id=lease.id,
                                    client_id=client_id, reason=reason, note=note[:300])

@@ -28,11 +28,16 @@ def takes_locks() -> bool:
     return connection.features.has_select_for_update_skip_locked
 
 
-def _uuid(value) -> object:
+def uuid_param(value) -> object:
+    """A UUID as this database stores it (raises on a value that is not a UUID)."""
     return _UUID_FIELD.get_db_prep_value(value, connection)
 
 
-uuid_param = _uuid
+def uuid_or_none(value) -> object | None:
+    try:
+        return uuid_param(value)
+    except Exception:  # not a UUID: it names nothing
+        return None
 
 
 def _uuid_out(value) -> uuid.UUID:
@@ -112,9 +117,7 @@ def membership_from_row(values, annotator) -> StudyMembership | None:
 
 def membership_with_study(*, annotator, study_public_id) -> StudyMembership | None:
     """The annotator's membership of the study, with the study, in one statement."""
-    try:
-        key = _uuid(study_public_id)
-    except Exception:  # not a UUID: no such study
+    if (key := uuid_or_none(study_public_id)) is None:
         return None
     row = _fetchone(f"SELECT {MEMBERSHIP_COLUMNS} FROM {MEMBERSHIP_JOIN}"
                     f" WHERE s.public_id = %s AND m.annotator_id = %s", [key, annotator.pk])
@@ -127,7 +130,7 @@ def held_lease(*, study, annotator, now: datetime, exclude: list) -> Assignment 
     params: list = [annotator.pk, _dt(now), study.pk]
     if exclude:
         not_in = f" AND i.public_id NOT IN ({', '.join(['%s'] * len(exclude))})"
-        params += [_uuid(e) for e in exclude]
+        params += [uuid_param(e) for e in exclude]
     row = _fetchone(
         f"SELECT a.id, a.a_on_left, a.leased_at, a.expires_at, i.id, i.public_id, i.judgment_count, p.id, p.text"
         f" FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id JOIN {PROMPT} p ON p.id = i.prompt_id"
@@ -226,17 +229,6 @@ class LockedItem:
     gold_answer: str
 
 
-def item_lock(*, study, item_public_id) -> LockedItem | None:
-    try:
-        key = _uuid(item_public_id)
-    except Exception:  # not a UUID: no such item
-        return None
-    lock = " FOR UPDATE" if takes_locks() else ""
-    row = _fetchone(f"SELECT id, judgment_count, is_gold, gold_answer FROM {ITEM}"
-                    f" WHERE study_id = %s AND public_id = %s{lock}", [study.pk, key])
-    return None if row is None else LockedItem(row[0], row[1], bool(row[2]), row[3])
-
-
 @dataclass(frozen=True)
 class AnswerLease:
     id: int
@@ -244,21 +236,11 @@ class AnswerLease:
     live: bool
 
 
-def lease_for_answer(*, item_id: int, annotator, now: datetime) -> AnswerLease | None:
-    """The annotator's lease on the item that no answer or skip has settled yet (at most one:
-    leases are 'active' until settled, one per annotator and item)."""
-    row = _fetchone(
-        f"SELECT id, a_on_left, CASE WHEN expires_at > %s THEN 1 ELSE 0 END FROM {LEASE}"
-        f" WHERE item_id = %s AND annotator_id = %s AND state = 'active'", [_dt(now), item_id, annotator.pk])
-    return None if row is None else AnswerLease(row[0], _bool_out(row[1]), bool(row[2]))
-
-
 def item_lock_with_lease(*, study, item_public_id, annotator, now: datetime
                          ) -> tuple[LockedItem | None, AnswerLease | None]:
-    """``item_lock`` and ``lease_for_answer`` in one round trip (the submit hot path)."""
-    try:
-        key = _uuid(item_public_id)
-    except Exception:  # not a UUID: no such item
+    """The item, locked, and the annotator's lease on it that no answer or skip has settled
+    yet (at most one: a lease stays 'active' until settled, one per annotator and item)."""
+    if (key := uuid_or_none(item_public_id)) is None:
         return None, None
     lock = " FOR UPDATE OF i" if takes_locks() else ""
     row = _fetchone(
@@ -280,7 +262,7 @@ def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, c
         f"INSERT INTO {JUDGMENT} (item_id, annotator_id, assignment_id, client_id, created_at, choice, score,"
         f" reason, a_on_left, time_spent_ms, gold_correct, is_flagged, flag_reason)"
         f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '') ON CONFLICT DO NOTHING RETURNING id",
-        [item_id, annotator.pk, assignment_id, _uuid(client_id), _dt(now), choice, score, reason, a_on_left,
+        [item_id, annotator.pk, assignment_id, uuid_param(client_id), _dt(now), choice, score, reason, a_on_left,
          time_spent_ms, gold_correct, False])
     return None if row is None else row[0]
 
@@ -305,5 +287,5 @@ def answer_settle(*, lease_id: int, item_id: int, membership_id: int) -> tuple[i
 
 def judgment_by_client_id(*, annotator, client_id) -> tuple[int, uuid.UUID] | None:
     row = _fetchone(f"SELECT j.id, i.public_id FROM {JUDGMENT} j JOIN {ITEM} i ON i.id = j.item_id"
-                    f" WHERE j.annotator_id = %s AND j.client_id = %s", [annotator.pk, _uuid(client_id)])
+                    f" WHERE j.annotator_id = %s AND j.client_id = %s", [annotator.pk, uuid_param(client_id)])
     return None if row is None else (row[0], _uuid_out(row[1]))
