@@ -178,6 +178,23 @@ def _record_gold(study: Study, annotator, correct: bool, delta: int = 1) -> None
     membership.save(update_fields=["gold_answered", "gold_correct", "is_paused", "paused_reason"])
 
 
+def _locked_item_and_lease(study: Study, annotator, item_public_id, now: datetime):
+    """The item, locked, and the annotator's unsettled lease on it (or None)."""
+    item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id,
+                                                 annotator=annotator, now=now)
+    if item is None:
+        raise ItemUnavailable("no such item in this study")
+    return item, lease
+
+
+def _raise_not_leased(item, annotator) -> None:
+    """Why an item without an open lease of the annotator's cannot be answered."""
+    if (Judgment.objects.filter(item_id=item.id, annotator=annotator).exists()
+            or Skip.objects.filter(item_id=item.id, annotator=annotator).exists()):
+        raise ItemUnavailable("you already answered this item")
+    raise ItemUnavailable("this item was not assigned to you")
+
+
 @dataclass
 class Submitted:
     judgment_id: int
@@ -205,18 +222,13 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
             return repeat
         raise
     with transaction.atomic():
-        item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id,
-                                                     annotator=annotator, now=now)
-        if item is None:
-            raise ItemUnavailable("no such item in this study")
+        item, lease = _locked_item_and_lease(study, annotator, item_public_id, now)
         if lease is None:
             # Its lease is settled: a resend of a stored answer, or a second answer.
             repeat = _repeat(annotator, client_id, item_public_id, membership)
             if repeat is not None:
                 return repeat
-            if Judgment.objects.filter(item_id=item.id, annotator=annotator).exists():
-                raise ItemUnavailable("you already answered this item")
-            raise ItemUnavailable("this item was not assigned to you")
+            _raise_not_leased(item, annotator)
         if not lease.live:
             others = queue_sql.open_leases_on(item_id=item.id, now=now, besides=annotator)
             if item.judgment_count + others >= study.redundancy:
@@ -264,15 +276,9 @@ def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID
         return existing, False
     membership = membership_get(study=study, annotator=annotator)
     with transaction.atomic():
-        item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id,
-                                                     annotator=annotator, now=now)
-        if item is None:
-            raise ItemUnavailable("no such item in this study")
+        item, lease = _locked_item_and_lease(study, annotator, item_public_id, now)
         if lease is None:
-            if (Judgment.objects.filter(item_id=item.id, annotator=annotator).exists()
-                    or Skip.objects.filter(item_id=item.id, annotator=annotator).exists()):
-                raise ItemUnavailable("you already answered this item")
-            raise ItemUnavailable("this item was not assigned to you")
+            _raise_not_leased(item, annotator)
         skip = Skip.objects.create(item_id=item.id, annotator=annotator, assignment_id=lease.id,
                                    client_id=client_id, reason=reason, note=note[:300])
         Assignment.objects.filter(pk=lease.id).update(state=Assignment.State.SKIPPED)
