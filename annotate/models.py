@@ -91,12 +91,17 @@ class Checkpoint(models.Model):
         SINGLE_FILE = "single_file", "Single-file checkpoint"
         LORA = "lora", "Base model + LoRA"
         PROCEDURAL = "procedural", "Procedural (demo and tests)"
+        BEST_OF_N = "best_of_n", "Best-of-n selection from another checkpoint"
 
     name = models.CharField(max_length=200, unique=True)
     backend = models.CharField(max_length=16, choices=Backend.choices)
     location = models.CharField(max_length=1024, blank=True, help_text="folder, file or LoRA path")
     base_model = models.CharField(max_length=1024, blank=True, help_text="base pipeline for LoRA")
     config = models.JSONField(default=dict, blank=True)
+    # A best-of-n checkpoint makes no images of its own: it selects among its parent's.
+    derived_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived"
+    )
     # sha256 over the weights' files and the config; the worker's model cache key.
     fingerprint = models.CharField(max_length=64, blank=True)
     description = models.TextField(blank=True)
@@ -106,8 +111,13 @@ class Checkpoint(models.Model):
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(backend="procedural") | ~Q(location=""),
+                condition=Q(backend__in=["procedural", "best_of_n"]) | ~Q(location=""),
                 name="checkpoint_weights_have_location",
+            ),
+            models.CheckConstraint(
+                condition=Q(backend="best_of_n", derived_from__isnull=False)
+                | (~Q(backend="best_of_n") & Q(derived_from__isnull=True)),
+                name="checkpoint_best_of_n_has_parent",
             ),
             models.CheckConstraint(
                 condition=~Q(backend="lora") | ~Q(base_model=""),
@@ -306,6 +316,68 @@ class RewardScore(models.Model):
                 condition=Q(scale__gt=0, temperature__gt=0), name="score_positive_parameters"
             ),
         ]
+
+
+class ScoringJob(models.Model):
+    """Score every image of a generation job, a checkpoint or a dataset with one reward model:
+    raw, TextNorm, or both. Idempotent: a rerun scores only what is missing."""
+
+    Status = GenerationJob.Status
+
+    reward_model = models.ForeignKey(RewardModel, on_delete=models.PROTECT, related_name="jobs")
+    dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="scoring_jobs"
+    )
+    checkpoint = models.ForeignKey(
+        Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="scoring_jobs"
+    )
+    generation_job = models.ForeignKey(
+        GenerationJob, null=True, blank=True, on_delete=models.PROTECT, related_name="scoring_jobs"
+    )
+    variants = models.JSONField(default=list, help_text='["raw"], ["textnorm"] or both')
+    prompt_set_source = models.CharField(
+        max_length=16, choices=ContrastivePromptSet.Source.choices, blank=True
+    )
+    prompt_set_version = models.CharField(max_length=64, blank=True)
+    normalize = models.CharField(max_length=16, choices=RewardScore.Normalize.choices, blank=True)
+    scale = models.FloatField(default=1.0)
+    temperature = models.FloatField(default=1.0)
+    batch_size = models.PositiveIntegerField(default=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total_images = models.PositiveIntegerField(default=0)
+    done_images = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(dataset__isnull=False) | Q(checkpoint__isnull=False)
+                | Q(generation_job__isnull=False),
+                name="scoring_job_has_images",
+            ),
+            models.CheckConstraint(
+                condition=Q(done_images__lte=models.F("total_images")),
+                name="scoring_job_progress_within_total",
+            ),
+            models.CheckConstraint(
+                condition=Q(scale__gt=0, temperature__gt=0, batch_size__gte=1),
+                name="scoring_job_positive_parameters",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"scoring job {self.pk}: {self.reward_model}"
+
+    @property
+    def progress(self) -> float:
+        return self.done_images / self.total_images if self.total_images else 0.0
 
 
 class HumanLabel(models.Model):
