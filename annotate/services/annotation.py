@@ -105,30 +105,26 @@ def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), n
     if study.status != Study.Status.OPEN:
         raise StudyNotOpen("this study is not open")
     membership = _active_membership(study, annotator, membership)
+    closest = study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION
+    a_on_left = random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None
+    passed_over: list[int] = []
     with transaction.atomic():
-        held = queue_sql.held_lease(study=study, annotator=annotator, now=now, exclude=list(exclude))
-        if held is not None:
-            return held
-        if study.items_per_annotator is not None:
-            in_hand = queue_sql.open_lease_count(study=study, annotator=annotator, now=now)
-            answered = membership.answered_count + membership.skipped_count
-            if answered + in_hand >= study.items_per_annotator:
-                return None
-        queue_sql.commit_leases_asynchronously()
-        closest = study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION
-        a_on_left = random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None
-        passed_over: list[int] = []
         while True:
-            item = queue_sql.next_candidate(study=study, annotator=annotator, now=now, closest=closest,
-                                            start=start_rank(study, annotator), passed_over=passed_over)
-            if item is None:
-                return None
-            lease = queue_sql.lease_insert(item=item, annotator=annotator, now=now, a_on_left=a_on_left,
+            found = queue_sql.held_lease_or_candidate(
+                study=study, annotator=annotator, now=now, exclude=list(exclude), closest=closest,
+                start=start_rank(study, annotator), passed_over=passed_over, with_held=not passed_over)
+            if found is None or isinstance(found, Assignment):
+                return found
+            if study.items_per_annotator is not None and not passed_over:
+                in_hand = queue_sql.open_lease_count(study=study, annotator=annotator, now=now)
+                if membership.answered_count + membership.skipped_count + in_hand >= study.items_per_annotator:
+                    return None
+            lease = queue_sql.lease_insert(item=found, annotator=annotator, now=now, a_on_left=a_on_left,
                                            expires_at=now + timedelta(seconds=study.lease_seconds),
                                            redundancy=study.redundancy)
             if lease is not None:
                 return lease
-            passed_over.append(item.id)  # filled by a lease committed just before our lock
+            passed_over.append(found.id)  # filled by a lease committed just before our lock
 
 
 def _validate_answer(study: Study, choice: str, score: int | None, reason: str) -> None:
@@ -221,6 +217,13 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
         if repeat is not None:
             return repeat
         raise
+    score = score if choice == Judgment.Choice.SCORE else None
+    fast = queue_sql.answer_in_one_statement(
+        study=study, item_public_id=item_public_id, annotator=annotator, membership_id=membership.id,
+        client_id=client_id, choice=choice, score=score, reason=reason, time_spent_ms=time_spent_ms, now=now)
+    if fast is not None:
+        judgment_id, membership.answered_count, membership.skipped_count = fast
+        return Submitted(judgment_id, client_id, True, progress_of(membership))
     with transaction.atomic():
         item, lease = _locked_item_and_lease(study, annotator, item_public_id, now)
         if lease is None:
@@ -233,7 +236,6 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
             others = queue_sql.open_leases_on(item_id=item.id, now=now, besides=annotator)
             if item.judgment_count + others >= study.redundancy:
                 raise ItemUnavailable("your lease on this item expired and the item has been completed by others")
-        score = score if choice == Judgment.Choice.SCORE else None
         gold_correct = None
         if item.is_gold:
             gold_correct = answer_in_item_terms(choice, score, lease.a_on_left) == item.gold_answer

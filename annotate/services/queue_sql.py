@@ -124,21 +124,78 @@ def membership_with_study(*, annotator, study_public_id) -> StudyMembership | No
     return None if row is None else membership_from_row(row, annotator)
 
 
-def held_lease(*, study, annotator, now: datetime, exclude: list) -> Assignment | None:
-    """The annotator's oldest open lease in the study on an item not in ``exclude``."""
+def _held_sql(exclude: list) -> tuple[str, dict]:
     not_in = ""
-    params: list = [annotator.pk, _dt(now), study.pk]
+    params: dict = {}
     if exclude:
-        not_in = f" AND i.public_id NOT IN ({', '.join(['%s'] * len(exclude))})"
-        params += [uuid_param(e) for e in exclude]
-    row = _fetchone(
-        f"SELECT a.id, a.a_on_left, a.leased_at, a.expires_at, i.id, i.public_id, i.judgment_count, p.id, p.text"
-        f" FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id JOIN {PROMPT} p ON p.id = i.prompt_id"
-        f" WHERE a.annotator_id = %s AND a.state = 'active' AND a.expires_at > %s AND i.study_id = %s{not_in}"
-        f" ORDER BY a.leased_at LIMIT 1", params)
+        names = [f"x{n}" for n in range(len(exclude))]
+        not_in = f" AND i.public_id NOT IN ({', '.join(f'%({n})s' for n in names)})"
+        params = {n: uuid_param(e) for n, e in zip(names, exclude)}
+    return (f"SELECT a.id AS lease_id, a.a_on_left, a.leased_at, a.expires_at, i.id, i.public_id,"
+            f" i.judgment_count, p.id AS prompt_id, p.text"
+            f" FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id JOIN {PROMPT} p ON p.id = i.prompt_id"
+            f" WHERE a.annotator_id = %(annotator)s AND a.state = 'active' AND a.expires_at > %(now)s"
+            f" AND i.study_id = %(study)s{not_in} ORDER BY a.leased_at LIMIT 1"), params
+
+
+# The lease columns of a candidate row (none), typed to match the held lease's in a UNION.
+_NO_LEASE = ("CAST(NULL AS bigint), CAST(NULL AS boolean), CAST(NULL AS timestamp with time zone),"
+             " CAST(NULL AS timestamp with time zone)")
+
+
+def _candidate_sql(*, band: int | None, after_start: bool, passed_over: list[int]) -> tuple[str, dict]:
+    """One range of the walk: the first open item by rank from the annotator's starting
+    point (or before it), among the items with ``band`` judgments (or all open items). An
+    equality on judgment_count keeps the rank range a bounded scan of the queue index."""
+    names = [f"p{n}" for n in range(len(passed_over))]
+    skip_passed = f" AND i.id NOT IN ({', '.join(f'%({n})s' for n in names)})" if passed_over else ""
+    count = "i.judgment_count < %(redundancy)s" if band is None else f"i.judgment_count = {int(band)}"
+    lock = " FOR UPDATE OF i SKIP LOCKED" if takes_locks() else ""
+    return (f"SELECT {_NO_LEASE}, i.id, i.public_id, i.judgment_count, p.id, p.text"
+            f" FROM {ITEM} i JOIN {PROMPT} p ON p.id = i.prompt_id"
+            f" WHERE i.study_id = %(study)s AND {count} AND i.rank {'>=' if after_start else '<'} %(start)s"
+            f"{skip_passed}"
+            f" AND NOT EXISTS (SELECT 1 FROM {JUDGMENT} j WHERE j.item_id = i.id AND j.annotator_id = %(annotator)s)"
+            f" AND NOT EXISTS (SELECT 1 FROM {SKIP} k WHERE k.item_id = i.id AND k.annotator_id = %(annotator)s)"
+            f" AND NOT EXISTS (SELECT 1 FROM {LEASE} m WHERE m.item_id = i.id AND m.annotator_id = %(annotator)s"
+            f"                 AND m.state = 'active' AND m.expires_at > %(now)s)"
+            f" AND i.judgment_count + (SELECT COUNT(*) FROM {LEASE} o WHERE o.item_id = i.id"
+            f"                         AND o.state = 'active' AND o.expires_at > %(now)s) < %(redundancy)s"
+            f" ORDER BY i.rank LIMIT 1{lock}"), dict(zip(names, passed_over))
+
+
+def held_lease_or_candidate(*, study, annotator, now: datetime, exclude: list, closest: bool, start: int,
+                            passed_over: list[int], with_held: bool = True) -> Assignment | StudyItem | None:
+    """In one statement: the annotator's oldest open lease in the study on an item not in
+    ``exclude`` (an Assignment), or else the best open item for them, locked (a StudyItem),
+    or None when nothing is left.
+
+    The best item is the closest to completion (when asked), then the next by rank from the
+    annotator's starting point, wrapping around. The statement is a chain of ranges, each a
+    bounded index scan with LIMIT 1, tried in order until one gives a row (an outer LIMIT 1
+    stops the rest from running, so only the chosen item is locked): never a scan or sort of
+    the whole study.
+    """
+    params: dict = {"study": study.pk, "annotator": annotator.pk, "now": _dt(now), "start": start,
+                    "redundancy": study.redundancy}
+    bands = range(study.redundancy - 1, -1, -1) if closest else [None]
+    ranges = []
+    for band in bands:
+        for after_start in (True, False):
+            sql, passed = _candidate_sql(band=band, after_start=after_start, passed_over=passed_over)
+            ranges.append(f"SELECT * FROM ({sql}) r{len(ranges)}")
+            params |= passed
+    held = ""
+    if with_held:
+        held_sql, held_params = _held_sql(exclude)
+        params |= held_params
+        held = f"SELECT * FROM ({held_sql}) h UNION ALL "
+    row = _fetchone(f"{held}{' UNION ALL '.join(ranges)} LIMIT 1", params)
     if row is None:
         return None
-    return _lease(row[0], _item(*row[4:9]), annotator, row[1], row[2], row[3])
+    if row[0] is not None:
+        return _lease(row[0], _item(*row[4:9]), annotator, row[1], row[2], row[3])
+    return _item(*row[4:9])
 
 
 def open_lease_count(*, study, annotator, now: datetime) -> int:
@@ -157,41 +214,6 @@ def open_leases_on(*, item_id: int, now: datetime, besides=None) -> int:
     return _fetchone(sql, params)[0]
 
 
-def _candidate(*, study, annotator, now, closest: bool, rank_clause: str, start: int, passed_over: list[int]):
-    skip_passed = f" AND i.id NOT IN ({', '.join(['%s'] * len(passed_over))})" if passed_over else ""
-    order = "i.judgment_count DESC, i.rank" if closest else "i.rank"
-    lock = " FOR UPDATE OF i SKIP LOCKED" if takes_locks() else ""
-    now_db = _dt(now)
-    return _fetchone(
-        f"SELECT i.id, i.public_id, i.judgment_count, p.id, p.text"
-        f" FROM {ITEM} i JOIN {PROMPT} p ON p.id = i.prompt_id"
-        f" WHERE i.study_id = %s AND i.judgment_count < %s AND i.rank {rank_clause} %s{skip_passed}"
-        f" AND NOT EXISTS (SELECT 1 FROM {JUDGMENT} j WHERE j.item_id = i.id AND j.annotator_id = %s)"
-        f" AND NOT EXISTS (SELECT 1 FROM {SKIP} k WHERE k.item_id = i.id AND k.annotator_id = %s)"
-        f" AND NOT EXISTS (SELECT 1 FROM {LEASE} m WHERE m.item_id = i.id AND m.annotator_id = %s"
-        f"                 AND m.state = 'active' AND m.expires_at > %s)"
-        f" AND i.judgment_count + (SELECT COUNT(*) FROM {LEASE} o WHERE o.item_id = i.id"
-        f"                         AND o.state = 'active' AND o.expires_at > %s) < %s"
-        f" ORDER BY {order} LIMIT 1{lock}",
-        [study.pk, study.redundancy, start, *passed_over, annotator.pk, annotator.pk, annotator.pk, now_db,
-         now_db, study.redundancy])
-
-
-def next_candidate(*, study, annotator, now: datetime, closest: bool, start: int,
-                   passed_over: list[int]) -> StudyItem | None:
-    """The best open item for the annotator, locked: closest to completion (when asked), then
-    by rank from the annotator's starting point, wrapping around. Two index range scans
-    with LIMIT 1, never a scan or sort of the whole study."""
-    args = dict(study=study, annotator=annotator, now=now, closest=closest, start=start, passed_over=passed_over)
-    after = _candidate(rank_clause=">=", **args)
-    if after is not None and (not closest or after[2] == study.redundancy - 1):
-        return _item(*after)  # nothing can come before it
-    before = _candidate(rank_clause="<", **args)
-    if after is None or (before is not None and closest and before[2] > after[2]):
-        return _item(*before) if before is not None else None
-    return _item(*after)
-
-
 def lease_insert(*, item: StudyItem, annotator, now: datetime, expires_at: datetime, a_on_left,
                  redundancy: int) -> Assignment | None:
     """A new lease, or the renewal of the annotator's own lapsed lease on the same item; None
@@ -200,25 +222,23 @@ def lease_insert(*, item: StudyItem, annotator, now: datetime, expires_at: datet
     The caller holds the item's row lock, but its candidate query counted leases before one
     that another request committed just before the lock was taken: this statement counts
     again (a new statement sees it) and inserts only while the item still has room.
+
+    On PostgreSQL the transaction's COMMIT then does not wait for the WAL flush (set here to
+    save a round trip): a lease lost in a crash just returns its item to the pool, and
+    judgments, committed in transactions of their own, stay durable.
     """
+    relaxed = "set_config('synchronous_commit', 'off', true) IS NOT NULL AND " \
+        if connection.vendor == "postgresql" else ""
     row = _fetchone(
         f"INSERT INTO {LEASE} (item_id, annotator_id, state, a_on_left, leased_at, expires_at)"
         f" SELECT %s, %s, 'active', %s, %s, %s"
-        f" WHERE (SELECT judgment_count FROM {ITEM} WHERE id = %s)"
+        f" WHERE {relaxed}(SELECT judgment_count FROM {ITEM} WHERE id = %s)"
         f"     + (SELECT COUNT(*) FROM {LEASE} WHERE item_id = %s AND state = 'active' AND expires_at > %s) < %s"
         f" ON CONFLICT (item_id, annotator_id) WHERE state = 'active'"
         f" DO UPDATE SET a_on_left = excluded.a_on_left, leased_at = excluded.leased_at,"
         f" expires_at = excluded.expires_at RETURNING id",
         [item.id, annotator.pk, a_on_left, _dt(now), _dt(expires_at), item.id, item.id, _dt(now), redundancy])
     return None if row is None else _lease(row[0], item, annotator, a_on_left, now, expires_at)
-
-
-def commit_leases_asynchronously() -> None:
-    """Within this transaction (PostgreSQL), COMMIT does not wait for the WAL flush. Only for
-    leases: a lease lost in a crash just returns its item to the pool; judgments stay durable."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit = off")
 
 
 @dataclass(frozen=True)
@@ -283,6 +303,39 @@ def answer_settle(*, lease_id: int, item_id: int, membership_id: int) -> tuple[i
             cursor.execute(item_sql, [item_id])
             cursor.execute(member_sql, [membership_id])
         return cursor.fetchone()
+
+
+def answer_in_one_statement(*, study, item_public_id, annotator, membership_id: int, client_id, choice: str,
+                            score, reason: str, time_spent_ms, now: datetime) -> tuple[int, int, int] | None:
+    """The common answer, on PostgreSQL, in one autocommitted statement: to a non-gold item
+    under a live lease of the annotator's, a new judgment, its lease settled, the item's and
+    the annotator's counts raised. Returns (judgment id, answered, skipped), or None when any
+    of that does not hold (no live lease, a gold item, a client id or item already answered,
+    SQLite): then nothing was written, and the caller takes the general path.
+
+    The item's row lock orders it with concurrent answers and leases, as the general path does.
+    """
+    if connection.vendor != "postgresql" or (key := uuid_or_none(item_public_id)) is None:
+        return None
+    row = _fetchone(
+        f"WITH it AS (SELECT i.id AS item_id, a.id AS lease_id, a.a_on_left"
+        f"  FROM {ITEM} i JOIN {LEASE} a ON a.item_id = i.id AND a.annotator_id = %(annotator)s"
+        f"  AND a.state = 'active' AND a.expires_at > %(now)s"
+        f"  WHERE i.study_id = %(study)s AND i.public_id = %(item)s AND NOT i.is_gold FOR UPDATE OF i),"
+        f" ins AS (INSERT INTO {JUDGMENT} (item_id, annotator_id, assignment_id, client_id, created_at, choice,"
+        f"  score, reason, a_on_left, time_spent_ms, gold_correct, is_flagged, flag_reason)"
+        f"  SELECT item_id, %(annotator)s, lease_id, %(client)s, %(now)s, %(choice)s, %(score)s, %(reason)s,"
+        f"  a_on_left, %(spent)s, NULL, FALSE, '' FROM it ON CONFLICT DO NOTHING"
+        f"  RETURNING id, item_id, assignment_id),"
+        f" l AS (UPDATE {LEASE} SET state = 'answered' WHERE id IN (SELECT assignment_id FROM ins)),"
+        f" c AS (UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id IN (SELECT item_id FROM ins))"
+        f" UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1"
+        f" WHERE id = %(membership)s AND EXISTS (SELECT 1 FROM ins)"
+        f" RETURNING (SELECT id FROM ins), answered_count, skipped_count",
+        {"annotator": annotator.pk, "now": _dt(now), "study": study.pk, "item": key,
+         "client": uuid_param(client_id), "choice": choice, "score": score, "reason": reason,
+         "spent": time_spent_ms, "membership": membership_id})
+    return None if row is None else tuple(row)
 
 
 def judgment_by_client_id(*, annotator, client_id) -> tuple[int, uuid.UUID] | None:
