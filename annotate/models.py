@@ -482,7 +482,8 @@ class StudyItem(models.Model):
     """What an annotator judges: one image (rating) or two images of one prompt (pairwise)."""
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="items")
+    # No index of its own: the queue indexes lead with the study.
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="items", db_index=False)
     prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="study_items")
     image_a = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="+")
     image_b = models.ForeignKey(Image, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
@@ -490,6 +491,10 @@ class StudyItem(models.Model):
     gold_answer = models.CharField(max_length=16, blank=True)
     # Kept by the judgment service so that the assignment query never counts rows.
     judgment_count = models.PositiveIntegerField(default=0)
+    # Slots taken: judgments plus leases not yet settled or released (lapsed ones included
+    # until released). The queue orders and filters by it, so a full item is never walked,
+    # and a new lease changes the item's own row, which serialises concurrent leases on it.
+    taken = models.PositiveIntegerField(default=0)
     # A random position: each annotator walks the items in this order from their own
     # starting point, so orders differ per annotator and concurrent annotators spread out.
     rank = models.PositiveIntegerField(default=random_rank)
@@ -512,11 +517,13 @@ class StudyItem(models.Model):
             models.CheckConstraint(
                 condition=Q(is_gold=False) | ~Q(gold_answer=""), name="item_gold_has_answer"
             ),
+            models.CheckConstraint(condition=Q(taken__gte=models.F("judgment_count")), name="item_taken_counts_judgments"),
         ]
         indexes = [
-            # Serves "closest to completion first, then by rank" with LIMIT 1 in the assignment query.
-            models.Index(fields=["study", "-judgment_count", "rank"], name="item_study_queue"),
-            models.Index(fields=["study", "rank"], name="item_study_rank"),
+            # Serves "closest to completion first, then by rank" with LIMIT 1 in the assignment
+            # query: one bounded range per value of taken. judgment_count is in no index, so
+            # counting a judgment is a HOT update.
+            models.Index(fields=["study", "-taken", "rank"], name="item_study_queue"),
         ]
 
 
@@ -536,6 +543,10 @@ class StudyMembership(models.Model):
     # Kept by the answer services: the progress bar reads them without counting.
     answered_count = models.PositiveIntegerField(default=0)
     skipped_count = models.PositiveIntegerField(default=0)
+    # The rank of the item last answered: the annotator's walk of the study's random order
+    # goes on from here (empty: from a start drawn per annotator), so it never walks back
+    # over what they answered.
+    cursor_rank = models.PositiveIntegerField(null=True, blank=True)
     joined_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -571,18 +582,15 @@ class Assignment(models.Model):
 
     class Meta:
         constraints = [
+            # Annotator first: it also finds an annotator's unsettled leases (the held lease).
             models.UniqueConstraint(
-                fields=["item", "annotator"],
+                fields=["annotator", "item"],
                 condition=Q(state="active"),
                 name="assignment_one_active_per_annotator",
             ),
             models.CheckConstraint(
                 condition=Q(expires_at__gt=models.F("leased_at")), name="assignment_expires_after_lease"
             ),
-        ]
-        indexes = [
-            models.Index(fields=["item", "state", "expires_at"], name="assignment_item_state"),
-            models.Index(fields=["annotator", "state"], name="assignment_annotator_state"),
         ]
 
 

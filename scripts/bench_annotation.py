@@ -505,6 +505,11 @@ def verify(db_url: str, study: dict, run: Run) -> dict:
                LEFT JOIN (SELECT item_id, count(*) AS n FROM annotate_judgment GROUP BY item_id) c
                       ON c.item_id = i.id
                WHERE i.study_id = %s""", [study["id"]]).fetchone()
+        # taken = judgments + unsettled leases: the queue's slot count, kept by every write.
+        taken_mismatch = conn.execute(
+            """SELECT count(*) FROM annotate_studyitem i WHERE i.study_id = %s AND i.taken <> i.judgment_count
+                   + (SELECT count(*) FROM annotate_assignment a WHERE a.item_id = i.id AND a.state = 'active')""",
+            [study["id"]]).fetchone()[0]
         over_leased = conn.execute(
             """SELECT count(*) FROM annotate_studyitem i JOIN annotate_study s ON s.id = i.study_id
                WHERE i.study_id = %s AND i.judgment_count + (
@@ -524,6 +529,7 @@ def verify(db_url: str, study: dict, run: Run) -> dict:
         "over_redundancy": over,
         "over_redundancy_with_leases": over_leased,
         "judgment_count_mismatch": mismatch,
+        "taken_mismatch": taken_mismatch,
         "items_complete": full,
     }
 
@@ -560,6 +566,7 @@ def run_mode(args, mode: str, data: dict, gunicorn_pid: int, db_url: str) -> dic
         targets["rt_p99_ms"] = {"max": t["rt_p99_ms_max"], "pass": v is not None and v <= t["rt_p99_ms_max"]}
     integrity = (checks["lost"] == 0 and checks["unacknowledged_stored"] == 0 and checks["duplicated"] == 0
                  and checks["over_redundancy"] == 0 and checks["judgment_count_mismatch"] == 0
+                 and checks["taken_mismatch"] == 0
                  and len(run.acked) <= checks["stored"] <= len(run.acked) + len(run.uncertain))
     targets["integrity"] = {"pass": integrity}
     out["targets"] = targets

@@ -9,13 +9,14 @@ Policy for answers (stated once, relied on by the UI and the API):
 - a submission is identified by its client-made id: resending it returns the stored
   judgment and changes nothing;
 - one judgment per annotator and item; a second, different answer is refused (409);
-- a submission whose lease has expired is accepted while the item still has room
-  (judgments + other open leases < redundancy), and refused (409) once it is full: no item
-  ever holds more judgments than its redundancy;
+- an item has ``redundancy`` slots; a lease takes one until it is answered (the judgment
+  keeps it), skipped or released. A lease that lapsed (past ``expires_at``) keeps its slot
+  until it is released, which happens within ~15 s (any request releases lapsed leases now
+  and then, and a study's own when an annotator finds nothing left);
+- a submission under a lapsed lease is accepted while its slot is still held; once the
+  lease is released, it is accepted only if the item has a free slot, and refused (409)
+  when it is full: no item ever holds more judgments than its redundancy;
 - the last judgment can be undone while its lease has not expired.
-
-A lease whose ``expires_at`` has passed is expired whatever its ``state`` says; leasing
-the same item again renews that row.
 
 Next-item and submit are the hot paths (one pair per judgment): they are a handful of SQL
 statements each (``annotate.services.queue_sql``), because the ORM's query compilation
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -86,45 +88,64 @@ def progress_of(membership: StudyMembership) -> dict:
             "target": study.items_per_annotator or study.item_count}
 
 
-def start_rank(study: Study, annotator) -> int:
-    """Where this annotator starts in the study's random item order (items are walked by
-    rank from here, wrapping around): orders differ per annotator, and concurrent
-    annotators start in different places."""
+def start_rank(study: Study, annotator, membership: StudyMembership | None = None) -> int:
+    """Where this annotator's walk of the study's random item order goes on from: the rank of
+    the item they last answered, or at first a start drawn per annotator (items are walked by
+    rank from here, wrapping around), so that orders differ per annotator, concurrent
+    annotators start in different places, and no one walks back over what they answered."""
+    if membership is not None and membership.cursor_rank is not None:
+        return membership.cursor_rank
     digest = hashlib.sha256(f"{study.pk}:{annotator.pk}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 2**31
+
+
+# Lapsed leases keep their slots until released. Any process releases them now and then
+# (and a study's own when an annotator finds nothing left), so no scheduler is needed.
+RELEASE_LAPSED_EVERY_S = 15.0
+_last_release = 0.0
+
+
+def _release_lapsed_now_and_then(now: datetime) -> None:
+    global _last_release
+    if time.monotonic() - _last_release >= RELEASE_LAPSED_EVERY_S:
+        _last_release = time.monotonic()
+        queue_sql.leases_release_lapsed(now=now)
 
 
 def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), now: datetime | None = None,
                     membership: StudyMembership | None = None) -> Assignment | None:
     """The annotator's lease on the next item, or None when nothing is left for them.
 
-    An open lease of theirs is returned again (a reloaded page resumes where it was);
-    ``exclude`` names items the client already holds, to lease one more for preloading.
+    An unsettled lease of theirs is returned again, renewed if it has lapsed (a reloaded page
+    resumes where it was); ``exclude`` names items the client already holds, to lease one
+    more for preloading.
     """
     now = now or timezone.now()
     if study.status != Study.Status.OPEN:
         raise StudyNotOpen("this study is not open")
     membership = _active_membership(study, annotator, membership)
-    closest = study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION
-    a_on_left = random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None
+    _release_lapsed_now_and_then(now)
+    new = True
+    if study.items_per_annotator is not None:
+        in_hand = queue_sql.open_lease_count(study=study, annotator=annotator)
+        new = membership.answered_count + membership.skipped_count + in_hand < study.items_per_annotator
+    ask = dict(study=study, annotator=annotator, now=now, exclude=list(exclude), new=new,
+               closest=study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION,
+               start=start_rank(study, annotator, membership), expires_at=now + timedelta(seconds=study.lease_seconds),
+               a_on_left=random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None)
     passed_over: list[int] = []
+    released = False
     with transaction.atomic():
         while True:
-            found = queue_sql.held_lease_or_candidate(
-                study=study, annotator=annotator, now=now, exclude=list(exclude), closest=closest,
-                start=start_rank(study, annotator), passed_over=passed_over, with_held=not passed_over)
-            if found is None or isinstance(found, Assignment):
-                return found
-            if study.items_per_annotator is not None and not passed_over:
-                in_hand = queue_sql.open_lease_count(study=study, annotator=annotator, now=now)
-                if membership.answered_count + membership.skipped_count + in_hand >= study.items_per_annotator:
-                    return None
-            lease = queue_sql.lease_insert(item=found, annotator=annotator, now=now, a_on_left=a_on_left,
-                                           expires_at=now + timedelta(seconds=study.lease_seconds),
-                                           redundancy=study.redundancy)
+            lease, passed = queue_sql.lease_held_or_new(**ask, passed_over=passed_over, with_held=not passed_over)
             if lease is not None:
                 return lease
-            passed_over.append(found.id)  # filled by a lease committed just before our lock
+            if passed is not None:  # leased by a concurrent request of the same annotator
+                passed_over.append(passed)
+            elif new and not released and queue_sql.leases_release_lapsed(now=now, study_id=study.pk):
+                released = True  # abandoned slots came back: look again
+            else:
+                return None
 
 
 def _validate_answer(study: Study, choice: str, score: int | None, reason: str) -> None:
@@ -174,10 +195,9 @@ def _record_gold(study: Study, annotator, correct: bool, delta: int = 1) -> None
     membership.save(update_fields=["gold_answered", "gold_correct", "is_paused", "paused_reason"])
 
 
-def _locked_item_and_lease(study: Study, annotator, item_public_id, now: datetime):
-    """The item, locked, and the annotator's unsettled lease on it (or None)."""
-    item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id,
-                                                 annotator=annotator, now=now)
+def _locked_item_and_lease(study: Study, annotator, item_public_id):
+    """The item, locked, and the annotator's latest lease on it (or None)."""
+    item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id, annotator=annotator)
     if item is None:
         raise ItemUnavailable("no such item in this study")
     return item, lease
@@ -225,17 +245,17 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
         judgment_id, membership.answered_count, membership.skipped_count = fast
         return Submitted(judgment_id, client_id, True, progress_of(membership))
     with transaction.atomic():
-        item, lease = _locked_item_and_lease(study, annotator, item_public_id, now)
-        if lease is None:
+        item, lease = _locked_item_and_lease(study, annotator, item_public_id)
+        if lease is None or lease.state in (Assignment.State.ANSWERED, Assignment.State.SKIPPED):
             # Its lease is settled: a resend of a stored answer, or a second answer.
             repeat = _repeat(annotator, client_id, item_public_id, membership)
             if repeat is not None:
                 return repeat
             _raise_not_leased(item, annotator)
-        if not lease.live:
-            others = queue_sql.open_leases_on(item_id=item.id, now=now, besides=annotator)
-            if item.judgment_count + others >= study.redundancy:
-                raise ItemUnavailable("your lease on this item expired and the item has been completed by others")
+        # A lease released after it lapsed gave its slot back: the answer needs a free one.
+        takes_slot = not lease.unsettled
+        if takes_slot and item.taken >= study.redundancy:
+            raise ItemUnavailable("your lease on this item expired and the item has been completed by others")
         gold_correct = None
         if item.is_gold:
             gold_correct = answer_in_item_terms(choice, score, lease.a_on_left) == item.gold_answer
@@ -250,7 +270,8 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
             if repeat is not None:
                 return repeat
             raise ItemUnavailable("you already answered this item")
-        answered, skipped = queue_sql.answer_settle(lease_id=lease.id, item_id=item.id, membership_id=membership.id)
+        answered, skipped = queue_sql.answer_settle(lease_id=lease.id, item_id=item.id, membership_id=membership.id,
+                                                    takes_slot=takes_slot)
         if item.is_gold:
             _record_gold(study, annotator, gold_correct)
     membership.answered_count, membership.skipped_count = answered, skipped
@@ -278,12 +299,14 @@ def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID
         return existing, False
     membership = membership_get(study=study, annotator=annotator)
     with transaction.atomic():
-        item, lease = _locked_item_and_lease(study, annotator, item_public_id, now)
-        if lease is None:
+        item, lease = _locked_item_and_lease(study, annotator, item_public_id)
+        if lease is None or lease.state in (Assignment.State.ANSWERED, Assignment.State.SKIPPED):
             _raise_not_leased(item, annotator)
         skip = Skip.objects.create(item_id=item.id, annotator=annotator, assignment_id=lease.id,
                                    client_id=client_id, reason=reason, note=note[:300])
         Assignment.objects.filter(pk=lease.id).update(state=Assignment.State.SKIPPED)
+        if lease.unsettled:  # its slot goes back to the item (a released lease's already has)
+            StudyItem.objects.filter(pk=item.id).update(taken=F("taken") - 1)
         StudyMembership.objects.filter(pk=membership.pk).update(skipped_count=F("skipped_count") + 1)
     return skip, True
 

@@ -91,7 +91,7 @@ def _lease(lease_id, item: StudyItem, annotator, a_on_left, leased_at, expires_a
 
 
 _MEMBERSHIP_FIELDS = ["id", "study_id", "annotator_id", "is_paused", "paused_reason", "answered_count",
-                      "skipped_count"]
+                      "skipped_count", "cursor_rank"]
 _STUDY_FIELDS = ["id", "public_id", "name", "kind", "status", "question", "rating_scale", "redundancy",
                  "lease_seconds", "items_per_annotator", "item_order", "item_count", "completion_code",
                  "gold_min_accuracy", "gold_min_answers"]
@@ -125,6 +125,8 @@ def membership_with_study(*, annotator, study_public_id) -> StudyMembership | No
 
 
 def _held_sql(exclude: list) -> tuple[str, dict]:
+    """The annotator's oldest unsettled lease in the study (lapsed or not: its slot is still
+    theirs until released), on an item not in ``exclude``."""
     not_in = ""
     params: dict = {}
     if exclude:
@@ -132,119 +134,183 @@ def _held_sql(exclude: list) -> tuple[str, dict]:
         not_in = f" AND i.public_id NOT IN ({', '.join(f'%({n})s' for n in names)})"
         params = {n: uuid_param(e) for n, e in zip(names, exclude)}
     return (f"SELECT a.id AS lease_id, a.a_on_left, a.leased_at, a.expires_at, i.id, i.public_id,"
-            f" i.judgment_count, p.id AS prompt_id, p.text"
+            f" i.judgment_count, p.id AS prompt_id, p.text, i.rank"
             f" FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id JOIN {PROMPT} p ON p.id = i.prompt_id"
-            f" WHERE a.annotator_id = %(annotator)s AND a.state = 'active' AND a.expires_at > %(now)s"
+            f" WHERE a.annotator_id = %(annotator)s AND a.state = 'active'"
             f" AND i.study_id = %(study)s{not_in} ORDER BY a.leased_at LIMIT 1"), params
 
 
 # The lease columns of a candidate row (none), typed to match the held lease's in a UNION.
-_NO_LEASE = ("CAST(NULL AS bigint), CAST(NULL AS boolean), CAST(NULL AS timestamp with time zone),"
-             " CAST(NULL AS timestamp with time zone)")
+_NO_LEASE = ("CAST(NULL AS bigint) AS lease_id, CAST(NULL AS boolean) AS a_on_left,"
+             " CAST(NULL AS timestamp with time zone) AS leased_at, CAST(NULL AS timestamp with time zone) AS expires_at")
 
 
-def _candidate_sql(*, band: int | None, after_start: bool, passed_over: list[int]) -> tuple[str, dict]:
-    """One range of the walk: the first open item by rank from the annotator's starting
-    point (or before it), among the items with ``band`` judgments (or all open items). An
-    equality on judgment_count keeps the rank range a bounded scan of the queue index."""
+def _candidate_sql(*, band: int, after_start: bool, passed_over: list[int]) -> tuple[str, dict]:
+    """One range of the walk: the first item by rank from the annotator's starting point (or
+    before it) among the items with ``band`` slots taken, that the annotator has not
+    answered, skipped or leased. The equality on ``taken`` makes the rank range a bounded
+    scan of the queue index; full items are in no range. The annotator's own rows are looked
+    up per candidate (subqueries with LIMIT, which the planner keeps as index probes rather
+    than joins over everything the annotator has answered).
+
+    The row lock skips rows other requests hold; a row changed since this statement began is
+    re-read and its ``taken`` checked again before it is locked (PostgreSQL's recheck), so a
+    slot counted here is a slot free now.
+    """
     names = [f"p{n}" for n in range(len(passed_over))]
     skip_passed = f" AND i.id NOT IN ({', '.join(f'%({n})s' for n in names)})" if passed_over else ""
-    count = "i.judgment_count < %(redundancy)s" if band is None else f"i.judgment_count = {int(band)}"
     lock = " FOR UPDATE OF i SKIP LOCKED" if takes_locks() else ""
-    return (f"SELECT {_NO_LEASE}, i.id, i.public_id, i.judgment_count, p.id, p.text"
+    return (f"SELECT {_NO_LEASE}, i.id, i.public_id, i.judgment_count, p.id AS prompt_id, p.text, i.rank"
             f" FROM {ITEM} i JOIN {PROMPT} p ON p.id = i.prompt_id"
-            f" WHERE i.study_id = %(study)s AND {count} AND i.rank {'>=' if after_start else '<'} %(start)s"
-            f"{skip_passed}"
+            f" WHERE i.study_id = %(study)s AND i.taken = {int(band)}"
+            f" AND i.rank {'>=' if after_start else '<'} %(start)s{skip_passed}"
             f" AND NOT EXISTS (SELECT 1 FROM {JUDGMENT} j WHERE j.item_id = i.id AND j.annotator_id = %(annotator)s)"
             f" AND NOT EXISTS (SELECT 1 FROM {SKIP} k WHERE k.item_id = i.id AND k.annotator_id = %(annotator)s)"
             f" AND NOT EXISTS (SELECT 1 FROM {LEASE} m WHERE m.item_id = i.id AND m.annotator_id = %(annotator)s"
-            f"                 AND m.state = 'active' AND m.expires_at > %(now)s)"
-            f" AND i.judgment_count + (SELECT COUNT(*) FROM {LEASE} o WHERE o.item_id = i.id"
-            f"                         AND o.state = 'active' AND o.expires_at > %(now)s) < %(redundancy)s"
+            f"                 AND m.state = 'active')"
             f" ORDER BY i.rank LIMIT 1{lock}"), dict(zip(names, passed_over))
 
 
-def held_lease_or_candidate(*, study, annotator, now: datetime, exclude: list, closest: bool, start: int,
-                            passed_over: list[int], with_held: bool = True) -> Assignment | StudyItem | None:
-    """In one statement: the annotator's oldest open lease in the study on an item not in
-    ``exclude`` (an Assignment), or else the best open item for them, locked (a StudyItem),
-    or None when nothing is left.
+def _pick_sql(*, study, annotator, now, exclude, closest, start, passed_over, with_held, new) -> tuple[str, dict]:
+    """The held lease, or else the best candidate, as a chain of parts tried in order until
+    one gives a row: an outer LIMIT 1 stops the rest from running. Never a scan or sort of
+    the study.
 
-    The best item is the closest to completion (when asked), then the next by rank from the
-    annotator's starting point, wrapping around. The statement is a chain of ranges, each a
-    bounded index scan with LIMIT 1, tried in order until one gives a row (an outer LIMIT 1
-    stops the rest from running, so only the chosen item is locked): never a scan or sort of
-    the whole study.
+    Closest to completion: the bands from most slots taken to fewest, each from the
+    annotator's start and then before it (wrapping around); only the chosen item is locked.
+    Random order: by rank from the annotator's start over all bands (the first of each
+    band's range, merged), then before it; the other bands' rows stay locked only for the
+    rest of this statement.
     """
     params: dict = {"study": study.pk, "annotator": annotator.pk, "now": _dt(now), "start": start,
                     "redundancy": study.redundancy}
-    bands = range(study.redundancy - 1, -1, -1) if closest else [None]
-    ranges = []
-    for band in bands:
-        for after_start in (True, False):
-            sql, passed = _candidate_sql(band=band, after_start=after_start, passed_over=passed_over)
-            ranges.append(f"SELECT * FROM ({sql}) r{len(ranges)}")
-            params |= passed
-    held = ""
+    parts = []
     if with_held:
         held_sql, held_params = _held_sql(exclude)
         params |= held_params
-        held = f"SELECT * FROM ({held_sql}) h UNION ALL "
-    row = _fetchone(f"{held}{' UNION ALL '.join(ranges)} LIMIT 1", params)
-    if row is None:
-        return None
-    if row[0] is not None:
-        return _lease(row[0], _item(*row[4:9]), annotator, row[1], row[2], row[3])
-    return _item(*row[4:9])
+        parts.append(f"SELECT * FROM ({held_sql}) h")
+
+    def ranges(bands, after_start):
+        out = []
+        for band in bands:
+            sql, passed = _candidate_sql(band=band, after_start=after_start, passed_over=passed_over)
+            params.update(passed)
+            out.append(f"SELECT * FROM ({sql}) r{len(parts)}_{len(out)}")
+        return out
+
+    bands = range(study.redundancy - 1, -1, -1) if new else ()
+    if closest:
+        for band in bands:
+            parts += ranges([band], True) + ranges([band], False)
+    elif bands:
+        for after_start in (True, False):
+            parts.append(f"SELECT * FROM ({' UNION ALL '.join(ranges(bands, after_start))}"
+                         f" ORDER BY rank LIMIT 1) m{len(parts)}")
+    return f"{' UNION ALL '.join(parts)} LIMIT 1", params
 
 
-def open_lease_count(*, study, annotator, now: datetime) -> int:
+def lease_held_or_new(*, study, annotator, now: datetime, expires_at: datetime, a_on_left, exclude: list,
+                      closest: bool, start: int, passed_over: list[int], with_held: bool = True, new: bool = True
+                      ) -> tuple[Assignment | None, int | None]:
+    """The annotator's held lease (renewed when it has lapsed), or a new lease on the best
+    candidate, which takes one of its slots. Returns (lease, None), or (None, item id) when
+    the candidate could not be leased (a concurrent request of the same annotator leased it:
+    pass it over and ask again), or (None, None) when nothing is left. ``new=False`` looks
+    for the held lease only.
+
+    On PostgreSQL this is one statement, committed without waiting for the WAL flush: a lease
+    lost in a crash just returns its item to the pool; judgments stay durable. On SQLite,
+    whose writers are serialised, it is three statements in the caller's transaction.
+    """
+    if not (with_held or new):
+        return None, None
+    pick, params = _pick_sql(study=study, annotator=annotator, now=now, exclude=exclude, closest=closest,
+                             start=start, passed_over=passed_over, with_held=with_held, new=new)
+    params |= {"a_on_left": a_on_left, "expires": _dt(expires_at)}
+    if connection.vendor == "postgresql":
+        row = _fetchone(
+            f"WITH pick AS ({pick}),"
+            f" lease AS (INSERT INTO {LEASE} (item_id, annotator_id, state, a_on_left, leased_at, expires_at)"
+            f"  SELECT id, %(annotator)s, 'active', %(a_on_left)s, %(now)s, %(expires)s FROM pick"
+            f"  WHERE lease_id IS NULL ON CONFLICT (item_id, annotator_id) WHERE state = 'active' DO NOTHING"
+            f"  RETURNING id, item_id),"
+            f" took AS (UPDATE {ITEM} SET taken = taken + 1 WHERE id IN (SELECT item_id FROM lease))"
+            f" SELECT pick.*, (SELECT id FROM lease), set_config('synchronous_commit', 'off', true) FROM pick",
+            params)
+        if row is None:
+            return None, None
+        new_lease_id = row[10]
+    else:
+        row = _fetchone(pick, params)
+        if row is None:
+            return None, None
+        new_lease_id = None
+        if row[0] is None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"UPDATE {ITEM} SET taken = taken + 1 WHERE id = %s", [row[4]])
+                cursor.execute(
+                    f"INSERT INTO {LEASE} (item_id, annotator_id, state, a_on_left, leased_at, expires_at)"
+                    f" VALUES (%s, %s, 'active', %s, %s, %s) RETURNING id",
+                    [row[4], annotator.pk, a_on_left, _dt(now), _dt(expires_at)])
+                new_lease_id = cursor.fetchone()[0]
+    item = _item(*row[4:9])
+    if row[0] is not None:  # held
+        lease = _lease(row[0], item, annotator, row[1], row[2], row[3])
+        if lease.expires_at <= now:
+            lease_renew(lease=lease, now=now, expires_at=expires_at)
+        return lease, None
+    if new_lease_id is None:
+        return None, item.id
+    return _lease(new_lease_id, item, annotator, a_on_left, now, expires_at), None
+
+
+def lease_renew(*, lease: Assignment, now: datetime, expires_at: datetime) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {LEASE} SET leased_at = %s, expires_at = %s WHERE id = %s AND state = 'active'",
+                       [_dt(now), _dt(expires_at), lease.id])
+    lease.leased_at, lease.expires_at = now, expires_at
+
+
+def leases_release_lapsed(*, now: datetime, study_id: int | None = None, limit: int = 1000) -> int:
+    """Release lapsed leases (at most ``limit``; found with the partial index of unsettled
+    leases): each gives its slot back to its item.
+    Returns how many. Rows other requests hold are left for the next round (SKIP LOCKED), so
+    this never waits on, or deadlocks with, an answer being stored."""
+    params: dict = {"now": _dt(now), "limit": limit}
+    in_study = ""
+    if study_id is not None:
+        in_study, params["study"] = " AND i.study_id = %(study)s", study_id
+    lapsed = (f"SELECT a.id, a.item_id FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id"
+              f" WHERE a.state = 'active' AND a.expires_at <= %(now)s{in_study} ORDER BY a.id LIMIT %(limit)s")
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"WITH lapsed AS ({lapsed} FOR UPDATE OF a, i SKIP LOCKED),"
+                f" released AS (UPDATE {LEASE} SET state = 'expired' WHERE id IN (SELECT id FROM lapsed)"
+                f"  RETURNING item_id),"
+                f" freed AS (UPDATE {ITEM} i SET taken = i.taken - r.n"
+                f"  FROM (SELECT item_id, COUNT(*) AS n FROM released GROUP BY item_id) r WHERE i.id = r.item_id)"
+                f" SELECT COUNT(*) FROM released", params)
+            return cursor.fetchone()[0]
+        cursor.execute(lapsed, params)
+        rows = cursor.fetchall()
+        for lease_id, item_id in rows:
+            cursor.execute(f"UPDATE {LEASE} SET state = 'expired' WHERE id = %s", [lease_id])
+            cursor.execute(f"UPDATE {ITEM} SET taken = taken - 1 WHERE id = %s", [item_id])
+        return len(rows)
+
+
+def open_lease_count(*, study, annotator) -> int:
     return _fetchone(
         f"SELECT COUNT(*) FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id"
-        f" WHERE a.annotator_id = %s AND a.state = 'active' AND a.expires_at > %s AND i.study_id = %s",
-        [annotator.pk, _dt(now), study.pk])[0]
-
-
-def open_leases_on(*, item_id: int, now: datetime, besides=None) -> int:
-    sql = f"SELECT COUNT(*) FROM {LEASE} WHERE item_id = %s AND state = 'active' AND expires_at > %s"
-    params = [item_id, _dt(now)]
-    if besides is not None:
-        sql += " AND annotator_id <> %s"
-        params.append(besides.pk)
-    return _fetchone(sql, params)[0]
-
-
-def lease_insert(*, item: StudyItem, annotator, now: datetime, expires_at: datetime, a_on_left,
-                 redundancy: int) -> Assignment | None:
-    """A new lease, or the renewal of the annotator's own lapsed lease on the same item; None
-    when the item has no room left once counted afresh.
-
-    The caller holds the item's row lock, but its candidate query counted leases before one
-    that another request committed just before the lock was taken: this statement counts
-    again (a new statement sees it) and inserts only while the item still has room.
-
-    On PostgreSQL the transaction's COMMIT then does not wait for the WAL flush (set here to
-    save a round trip): a lease lost in a crash just returns its item to the pool, and
-    judgments, committed in transactions of their own, stay durable.
-    """
-    relaxed = "set_config('synchronous_commit', 'off', true) IS NOT NULL AND " \
-        if connection.vendor == "postgresql" else ""
-    row = _fetchone(
-        f"INSERT INTO {LEASE} (item_id, annotator_id, state, a_on_left, leased_at, expires_at)"
-        f" SELECT %s, %s, 'active', %s, %s, %s"
-        f" WHERE {relaxed}(SELECT judgment_count FROM {ITEM} WHERE id = %s)"
-        f"     + (SELECT COUNT(*) FROM {LEASE} WHERE item_id = %s AND state = 'active' AND expires_at > %s) < %s"
-        f" ON CONFLICT (item_id, annotator_id) WHERE state = 'active'"
-        f" DO UPDATE SET a_on_left = excluded.a_on_left, leased_at = excluded.leased_at,"
-        f" expires_at = excluded.expires_at RETURNING id",
-        [item.id, annotator.pk, a_on_left, _dt(now), _dt(expires_at), item.id, item.id, _dt(now), redundancy])
-    return None if row is None else _lease(row[0], item, annotator, a_on_left, now, expires_at)
+        f" WHERE a.annotator_id = %s AND a.state = 'active' AND i.study_id = %s", [annotator.pk, study.pk])[0]
 
 
 @dataclass(frozen=True)
 class LockedItem:
     id: int
     judgment_count: int
+    taken: int
     is_gold: bool
     gold_answer: str
 
@@ -253,25 +319,31 @@ class LockedItem:
 class AnswerLease:
     id: int
     a_on_left: bool | None
-    live: bool
+    state: str
+
+    @property
+    def unsettled(self) -> bool:
+        return self.state == Assignment.State.ACTIVE
 
 
-def item_lock_with_lease(*, study, item_public_id, annotator, now: datetime
-                         ) -> tuple[LockedItem | None, AnswerLease | None]:
-    """The item, locked, and the annotator's lease on it that no answer or skip has settled
-    yet (at most one: a lease stays 'active' until settled, one per annotator and item)."""
+def item_lock_with_lease(*, study, item_public_id, annotator) -> tuple[LockedItem | None, AnswerLease | None]:
+    """The item, locked, and the annotator's latest lease on it (None if they never had one).
+
+    Two statements: the lease is read after the item's lock is held, so that it is the
+    latest (a lease released just before the lock was taken is seen as released), and no
+    release can change it before this transaction ends (releasing takes the item's lock too).
+    """
     if (key := uuid_or_none(item_public_id)) is None:
         return None, None
-    lock = " FOR UPDATE OF i" if takes_locks() else ""
-    row = _fetchone(
-        f"SELECT i.id, i.judgment_count, i.is_gold, i.gold_answer, a.id, a.a_on_left,"
-        f" CASE WHEN a.expires_at > %s THEN 1 ELSE 0 END"
-        f" FROM {ITEM} i LEFT JOIN {LEASE} a ON a.item_id = i.id AND a.annotator_id = %s AND a.state = 'active'"
-        f" WHERE i.study_id = %s AND i.public_id = %s{lock}", [_dt(now), annotator.pk, study.pk, key])
+    lock = " FOR UPDATE" if takes_locks() else ""
+    row = _fetchone(f"SELECT id, judgment_count, taken, is_gold, gold_answer FROM {ITEM}"
+                    f" WHERE study_id = %s AND public_id = %s{lock}", [study.pk, key])
     if row is None:
         return None, None
-    item = LockedItem(row[0], row[1], bool(row[2]), row[3])
-    return item, (None if row[4] is None else AnswerLease(row[4], _bool_out(row[5]), bool(row[6])))
+    item = LockedItem(row[0], row[1], row[2], bool(row[3]), row[4])
+    lease = _fetchone(f"SELECT id, a_on_left, state FROM {LEASE} WHERE item_id = %s AND annotator_id = %s"
+                      f" ORDER BY (state = 'active') DESC, id DESC LIMIT 1", [item.id, annotator.pk])
+    return item, (None if lease is None else AnswerLease(lease[0], _bool_out(lease[1]), lease[2]))
 
 
 def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, choice: str, score, reason: str,
@@ -287,41 +359,45 @@ def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, c
     return None if row is None else row[0]
 
 
-def answer_settle(*, lease_id: int, item_id: int, membership_id: int) -> tuple[int, int]:
-    """Close the lease as answered, count the judgment on the item and the annotator; returns
-    the annotator's (answered, skipped) counts."""
+def answer_settle(*, lease_id: int, item_id: int, membership_id: int, takes_slot: bool) -> tuple[int, int]:
+    """Close the lease as answered, count the judgment on the item (and a slot, when its lease
+    had been released) and on the annotator; returns the annotator's (answered, skipped)."""
     lease_sql = f"UPDATE {LEASE} SET state = 'answered' WHERE id = %s"
-    item_sql = f"UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id = %s"
-    member_sql = (f"UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1 WHERE id = %s"
+    item_sql = (f"UPDATE {ITEM} SET judgment_count = judgment_count + 1,"
+                f" taken = taken + {1 if takes_slot else 0} WHERE id = %s")
+    member_sql = (f"UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1,"
+                  f" cursor_rank = (SELECT rank FROM {ITEM} WHERE id = %s) WHERE id = %s"
                   f" RETURNING answered_count, skipped_count")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":  # one round trip
             cursor.execute(f"WITH l AS ({lease_sql}), i AS ({item_sql}) {member_sql}",
-                           [lease_id, item_id, membership_id])
+                           [lease_id, item_id, item_id, membership_id])
         else:
             cursor.execute(lease_sql, [lease_id])
             cursor.execute(item_sql, [item_id])
-            cursor.execute(member_sql, [membership_id])
+            cursor.execute(member_sql, [item_id, membership_id])
         return cursor.fetchone()
 
 
 def answer_in_one_statement(*, study, item_public_id, annotator, membership_id: int, client_id, choice: str,
                             score, reason: str, time_spent_ms, now: datetime) -> tuple[int, int, int] | None:
     """The common answer, on PostgreSQL, in one autocommitted statement: to a non-gold item
-    under a live lease of the annotator's, a new judgment, its lease settled, the item's and
-    the annotator's counts raised. Returns (judgment id, answered, skipped), or None when any
-    of that does not hold (no live lease, a gold item, a client id or item already answered,
-    SQLite): then nothing was written, and the caller takes the general path.
+    under an unsettled lease of the annotator's (its slot is theirs, lapsed or not), a new
+    judgment, its lease settled, the item's and the annotator's counts raised. Returns
+    (judgment id, answered, skipped), or None when any of that does not hold (no such lease,
+    a gold item, a client id or item already answered, SQLite): then nothing was written,
+    and the caller takes the general path.
 
-    The item's row lock orders it with concurrent answers and leases, as the general path does.
+    Item and lease are both locked, so a lease released meanwhile is re-read as released
+    (and the statement writes nothing) rather than answered with a slot it no longer has.
     """
     if connection.vendor != "postgresql" or (key := uuid_or_none(item_public_id)) is None:
         return None
     row = _fetchone(
-        f"WITH it AS (SELECT i.id AS item_id, a.id AS lease_id, a.a_on_left"
+        f"WITH it AS (SELECT i.id AS item_id, i.rank, a.id AS lease_id, a.a_on_left"
         f"  FROM {ITEM} i JOIN {LEASE} a ON a.item_id = i.id AND a.annotator_id = %(annotator)s"
-        f"  AND a.state = 'active' AND a.expires_at > %(now)s"
-        f"  WHERE i.study_id = %(study)s AND i.public_id = %(item)s AND NOT i.is_gold FOR UPDATE OF i),"
+        f"  AND a.state = 'active'"
+        f"  WHERE i.study_id = %(study)s AND i.public_id = %(item)s AND NOT i.is_gold FOR UPDATE OF i, a),"
         f" ins AS (INSERT INTO {JUDGMENT} (item_id, annotator_id, assignment_id, client_id, created_at, choice,"
         f"  score, reason, a_on_left, time_spent_ms, gold_correct, is_flagged, flag_reason)"
         f"  SELECT item_id, %(annotator)s, lease_id, %(client)s, %(now)s, %(choice)s, %(score)s, %(reason)s,"
@@ -329,12 +405,12 @@ def answer_in_one_statement(*, study, item_public_id, annotator, membership_id: 
         f"  RETURNING id, item_id, assignment_id),"
         f" l AS (UPDATE {LEASE} SET state = 'answered' WHERE id IN (SELECT assignment_id FROM ins)),"
         f" c AS (UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id IN (SELECT item_id FROM ins))"
-        f" UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1"
+        f" UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1, cursor_rank = (SELECT rank FROM it)"
         f" WHERE id = %(membership)s AND EXISTS (SELECT 1 FROM ins)"
         f" RETURNING (SELECT id FROM ins), answered_count, skipped_count",
-        {"annotator": annotator.pk, "now": _dt(now), "study": study.pk, "item": key,
-         "client": uuid_param(client_id), "choice": choice, "score": score, "reason": reason,
-         "spent": time_spent_ms, "membership": membership_id})
+        {"annotator": annotator.pk, "study": study.pk, "item": key, "client": uuid_param(client_id),
+         "now": _dt(now), "choice": choice, "score": score, "reason": reason, "spent": time_spent_ms,
+         "membership": membership_id})
     return None if row is None else tuple(row)
 
 

@@ -1,4 +1,5 @@
 """The assignment engine and the answer policy (annotate/services/annotation.py)."""
+import time
 import uuid
 from datetime import timedelta
 
@@ -50,25 +51,50 @@ def test_an_annotator_never_gets_an_item_twice_and_items_fill_to_redundancy():
     assert assignment_next(study=study, annotator=users[3]) is None  # all full
 
 
-def test_open_leases_count_towards_redundancy_until_they_expire():
+def test_open_leases_count_towards_redundancy_until_released(monkeypatch):
+    monkeypatch.setattr(annotation, "_last_release", time.monotonic())  # no periodic release in this test
     users = annotators(3)
     study = open_pairwise(members=users, prompts=1, per_prompt=1, redundancy=2)  # 1 item
+    item = study.items.get()
     now = timezone.now()
     first = assignment_next(study=study, annotator=users[0], now=now)
     assert assignment_next(study=study, annotator=users[1], now=now)
     assert assignment_next(study=study, annotator=users[2], now=now) is None  # leased to enough others
     later = now + timedelta(seconds=study.lease_seconds + 1)
-    assert assignment_next(study=study, annotator=users[2], now=later) is not None  # abandoned leases come back
-    # The first annotator comes back too: their lapsed lease on the item is renewed, not duplicated.
+    # A lapsed lease keeps its slot until released: its holder resumes it, renewed in place.
     again = assignment_next(study=study, annotator=users[0], now=later)
     assert again.pk == first.pk and again.expires_at > first.expires_at
+    # Finding nothing, the third annotator has the study's lapsed leases released: the second's
+    # abandoned slot comes back to them.
+    third = assignment_next(study=study, annotator=users[2], now=later)
+    assert third is not None and third.item_id == item.pk
+    assert Assignment.objects.get(annotator=users[1]).state == Assignment.State.EXPIRED
+    item.refresh_from_db()
+    assert item.taken == 2 == Assignment.objects.filter(item=item, state=Assignment.State.ACTIVE).count()
     assert Assignment.objects.filter(annotator=users[0]).count() == 1
+
+
+def test_lapsed_leases_are_released_now_and_then(monkeypatch):
+    users = annotators(2)
+    study = open_pairwise(members=users, prompts=2, per_prompt=1, redundancy=1)  # 2 items
+    now = timezone.now()
+    monkeypatch.setattr(annotation, "_last_release", time.monotonic())
+    lease = assignment_next(study=study, annotator=users[0], now=now)
+    later = now + timedelta(seconds=study.lease_seconds + 1)
+    # Not yet due: the lapsed lease keeps its slot while another item is free.
+    other = assignment_next(study=study, annotator=users[1], now=later)
+    assert other.item_id != lease.item_id
+    assert Assignment.objects.get(pk=lease.pk).state == Assignment.State.ACTIVE
+    monkeypatch.setattr(annotation, "_last_release", time.monotonic() - annotation.RELEASE_LAPSED_EVERY_S)
+    assignment_next(study=study, annotator=users[1], now=later)  # held: no new lease, but a release round
+    assert Assignment.objects.get(pk=lease.pk).state == Assignment.State.EXPIRED
+    assert StudyItem.objects.get(pk=lease.item_id).taken == 0
 
 
 def test_items_closest_to_completion_come_first_and_order_differs_per_annotator():
     users = annotators(6)
     study = open_pairwise(members=users, prompts=6, per_prompt=2, redundancy=3)  # 12 items
-    StudyItem.objects.filter(pk=study.items.order_by("pk")[5].pk).update(judgment_count=2)
+    StudyItem.objects.filter(pk=study.items.order_by("pk")[5].pk).update(judgment_count=2, taken=2)
     assert assignment_next(study=study, annotator=users[0]).item == study.items.order_by("pk")[5]
     firsts = {assignment_next(study=study, annotator=u).item_id for u in users[1:]}
     assert len(firsts) >= 2  # the rest: shuffled per annotator
@@ -240,3 +266,47 @@ def test_correct_gold_answers_keep_the_annotator_going():
     assert (membership.gold_correct, membership.is_paused) == (6, False)
     assert all(Judgment.objects.values_list("gold_correct", flat=True))
     assert annotation.assignment_next(study=study, annotator=user) is None
+
+
+def _slots_add_up(study) -> bool:
+    """taken = judgments + unsettled leases, on every item."""
+    return all(
+        item.taken == item.judgment_count + Assignment.objects.filter(item=item, state="active").count()
+        for item in study.items.all())
+
+
+def test_every_write_keeps_the_slot_count(monkeypatch):
+    monkeypatch.setattr(annotation, "_last_release", time.monotonic())
+    users = annotators(3)
+    study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)  # 3 items
+    now = timezone.now()
+    a = assignment_next(study=study, annotator=users[0], now=now)
+    answer(study, users[0], a, choice="left")
+    judgment_undo(study=study, annotator=users[0], now=now)
+    assert _slots_add_up(study)
+    answer(study, users[0], a, choice="right")
+    b = assignment_next(study=study, annotator=users[0], now=now)
+    skip_submit(study=study, annotator=users[0], item_public_id=b.item.public_id, client_id=uuid.uuid4(),
+                reason="unsure", now=now)
+    assert _slots_add_up(study)
+    c = assignment_next(study=study, annotator=users[1], now=now)
+    later = now + timedelta(seconds=study.lease_seconds + 1)
+    assert annotation.queue_sql.leases_release_lapsed(now=later) == 1
+    assert _slots_add_up(study)
+    # An answer under a released lease takes a free slot again.
+    result = judgment_submit(study=study, annotator=users[1], item_public_id=c.item.public_id,
+                             client_id=uuid.uuid4(), choice="tie", now=later)
+    assert result.created and _slots_add_up(study)
+    assert StudyItem.objects.get(pk=c.item_id).taken == StudyItem.objects.get(pk=c.item_id).judgment_count
+
+
+def test_random_order_walks_by_rank_from_the_annotators_start_whatever_is_taken():
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=4, per_prompt=1, item_order="random", redundancy=3)
+    start = annotation.start_rank(study, user)
+    first, second, wrapped, last = study.items.order_by("pk")
+    for item, rank, taken in ((first, start + 5, 0), (second, start + 1, 2), (wrapped, 0, 1), (last, start + 9, 0)):
+        StudyItem.objects.filter(pk=item.pk).update(rank=rank, taken=taken, judgment_count=taken)
+    assert assignment_next(study=study, annotator=user).item_id == second.pk  # least rank from the start
+    StudyItem.objects.filter(pk__in=[first.pk, last.pk]).update(taken=3, judgment_count=3)
+    assert assignment_next(study=study, annotator=user, exclude=[second.public_id]).item_id == wrapped.pk

@@ -69,7 +69,7 @@ def test_annotators_racing_through_a_study_never_overfill_an_item():
     assert sum(answered.values()) == Judgment.objects.count() == 60
     assert set(counts.values()) == {3}
     for item in StudyItem.objects.filter(study=study):
-        assert item.judgment_count == counts[item.id] == 3
+        assert item.judgment_count == counts[item.id] == 3 == item.taken
     per_annotator = Counter(Judgment.objects.values_list("annotator_id", "item_id"))
     assert set(per_annotator.values()) == {1}
     assert not Assignment.objects.filter(state="active").exists()
