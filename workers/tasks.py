@@ -1,12 +1,25 @@
-"""Celery entry points. They take ids (JSON), import heavy code lazily, and are idempotent."""
+"""Celery entry points. They take ids (JSON), import heavy code lazily, and are idempotent.
+
+Generation tasks match ``workers.tasks.generation_*``, which the settings route to the
+"gpu" queue; they are acknowledged late, so a worker that dies mid-task leaves the task to
+be redelivered, and the rerun makes only the images still missing.
+"""
 from celery import shared_task
 
 
 @shared_task(name="workers.tasks.generation_job_run", acks_late=True)
-def generation_job_run(job_id: int) -> int:
-    from workers.jobs import generation_job_execute
+def generation_job_run(job_id: int) -> list[int]:
+    """Run a job here, or fan it out as chunk tasks when it spans several chunks."""
+    from workers.jobs import generation_job_dispatch
 
-    return generation_job_execute(job_id)
+    return generation_job_dispatch(job_id)
+
+
+@shared_task(name="workers.tasks.generation_chunk_run", acks_late=True)
+def generation_chunk_run(job_id: int, chunk_index: int, chunk_size: int) -> int:
+    from workers.jobs import generation_chunk_execute
+
+    return generation_chunk_execute(job_id, chunk_index, chunk_size)
 
 
 @shared_task(name="workers.tasks.demo_studies_create")

@@ -1,6 +1,12 @@
 """The demo's data, made by the project itself: TIA2-style counting and composition prompts
 rendered by two procedural checkpoints, one careful and one sloppy, then a pairwise and a
-rating study over their images for the demo annotator."""
+rating study over their images for the demo annotator. With ``backend="tiny-diffusers"`` a
+tiny random Stable Diffusion pipeline is also saved under the data folder, registered as a
+diffusers checkpoint and run through the same worker (its images are noise: the studies
+stay on the procedural checkpoints, whose ground truth is known)."""
+from pathlib import Path
+
+from django.conf import settings
 from django.db import transaction
 
 from annotate.models import Checkpoint, Dataset, GenerationJob, Prompt, Study
@@ -18,6 +24,8 @@ DEMO_CHECKPOINTS = {
     "demo-careful": 0.1,  # error rate: share of images drawn wrong
     "demo-sloppy": 0.45,
 }
+DEMO_BACKENDS = ("procedural", "tiny-diffusers")
+TINY_DIFFUSERS_CHECKPOINT = "demo-tiny-diffusers"
 DEMO_INSTRUCTIONS = """Each image was made from the **description** above it.
 
 - Judge only whether the image shows what the description says: the objects, and **how many** of each.
@@ -26,10 +34,29 @@ DEMO_INSTRUCTIONS = """Each image was made from the **description** above it.
 """
 
 
+def demo_tiny_diffusers_checkpoint() -> Checkpoint:
+    """The tiny random SD 1.x pipeline in DATA_DIR/models/tiny-sd, saved once, as a checkpoint."""
+    existing = Checkpoint.objects.filter(name=TINY_DIFFUSERS_CHECKPOINT).first()
+    folder = Path(settings.DATA_DIR) / "models" / "tiny-sd"
+    if existing is not None and (folder / "model_index.json").is_file():
+        return existing
+    from annotate.services.scoring import folder_fingerprint
+    from workers.ml.diffusion_random import save_random_pipeline
+
+    save_random_pipeline(folder, size="tiny", seed=0)
+    fields = {"backend": Checkpoint.Backend.DIFFUSERS, "location": str(folder), "config": {"batch_size": 8},
+              "fingerprint": folder_fingerprint(str(folder), {"batch_size": 8}),
+              "description": "Tiny random-weight Stable Diffusion 1.x pipeline (demo of the diffusers path)."}
+    checkpoint, _ = Checkpoint.objects.update_or_create(name=TINY_DIFFUSERS_CHECKPOINT, defaults=fields)
+    return checkpoint
+
+
 @transaction.atomic
-def demo_seed() -> dict:
+def demo_seed(*, backend: str = "procedural") -> dict:
     """Accounts, dataset, checkpoints, and the generation jobs followed by the studies.
     Running it again adds nothing."""
+    if backend not in DEMO_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(DEMO_BACKENDS)}, not {backend!r}")
     for username, (password, role) in DEMO_ACCOUNTS.items():
         user_create_with_role(username=username, password=password, role=role)
     dataset, created = Dataset.objects.get_or_create(
@@ -54,6 +81,13 @@ def demo_seed() -> dict:
             jobs.append(generation_job_create(
                 checkpoint=checkpoint, dataset=dataset, seeds=[0], images_per_seed=4,
                 width=384, height=384, dtype=GenerationJob.DType.FLOAT32, enqueue=False,
+            ))
+    if backend == "tiny-diffusers":
+        checkpoint = demo_tiny_diffusers_checkpoint()
+        if not GenerationJob.objects.filter(checkpoint=checkpoint, dataset=dataset).exists():
+            jobs.append(generation_job_create(
+                checkpoint=checkpoint, dataset=dataset, seeds=[0], images_per_seed=1, width=64, height=64,
+                num_inference_steps=4, dtype=GenerationJob.DType.FLOAT16, enqueue=False,
             ))
     if jobs:
         from celery import chain

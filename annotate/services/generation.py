@@ -1,6 +1,7 @@
 from django.db import transaction
 
 from annotate.models import Checkpoint, Dataset, GenerationJob
+from workers.ml.backends import scheduler_check
 
 
 @transaction.atomic
@@ -13,6 +14,7 @@ def generation_job_create(
     caller enqueues it itself, e.g. in a chain)."""
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError("seeds must be a non-empty list of non-negative integers")
+    scheduler_check(scheduler)  # a typo fails here, not on a GPU worker later
     job = GenerationJob.objects.create(
         checkpoint=checkpoint, dataset=dataset, seeds=list(dict.fromkeys(seeds)),
         images_per_seed=images_per_seed, width=width, height=height,

@@ -110,3 +110,11 @@ LOGGING = {
 
 from webapp.settings.celery import *  # noqa: E402,F401,F403
 from webapp.settings.storage import *  # noqa: E402,F401,F403
+
+# GPU workers (read by workers/jobs.py; a checkpoint's config.batch_size overrides the batch).
+CALIBRA_GENERATION_BATCH_SIZE = env.int("CALIBRA_GENERATION_BATCH_SIZE", default=8)
+CALIBRA_GENERATION_CHUNK_SIZE = env.int("CALIBRA_GENERATION_CHUNK_SIZE", default=256)
+# torch.compile of the UNet, once per checkpoint and worker: unset follows the checkpoint's
+# config.compile; "1"/"0" forces it on or off for this worker.
+CALIBRA_GENERATION_COMPILE = env.bool("CALIBRA_GENERATION_COMPILE") if env.str("CALIBRA_GENERATION_COMPILE", "") else None
+CALIBRA_ENCODE_THREADS = env.int("CALIBRA_ENCODE_THREADS", default=2)

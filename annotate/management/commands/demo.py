@@ -4,20 +4,24 @@ import sys
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from annotate.services.demo import DEMO_BACKENDS
+
 
 class Command(BaseCommand):
     help = "Seed the demo, start a Celery worker and serve the site (Ctrl-C stops both)."
 
     def add_arguments(self, parser):
         parser.add_argument("--addrport", default="127.0.0.1:8000")
+        parser.add_argument("--backend", choices=DEMO_BACKENDS, default="procedural",
+                            help="tiny-diffusers also runs a tiny random Stable Diffusion pipeline through the worker")
 
-    def handle(self, *args, addrport: str, **options):
+    def handle(self, *args, addrport: str, backend: str, **options):
         worker = subprocess.Popen([
             sys.executable, "-m", "celery", "-A", "webapp", "worker", "--queues", "gpu,cpu",
             "--pool", "solo", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ])
         try:
-            call_command("seed_demo")
+            call_command("seed_demo", backend=backend)
             self.stdout.write(self.style.SUCCESS(f"Serving http://{addrport}/ (log in as researcher or annotator)"))
             call_command("runserver", addrport, use_reloader=False)
         finally:

@@ -1,13 +1,16 @@
 from django.core.management.base import BaseCommand
 
-from annotate.services.demo import demo_seed
+from annotate.services.demo import DEMO_BACKENDS, demo_seed
 
 
 class Command(BaseCommand):
     help = "Create the demo accounts, dataset, checkpoints and generation jobs (idempotent)."
 
-    def handle(self, *args, **options):
-        result = demo_seed()
+    def add_arguments(self, parser):
+        parser.add_argument("--backend", choices=DEMO_BACKENDS, default="procedural")
+
+    def handle(self, *args, backend: str = "procedural", **options):
+        result = demo_seed(backend=backend)
         self.stdout.write(self.style.SUCCESS(
             f"Demo data ready: dataset {result['dataset'].name}, {result['jobs_created']} generation job(s) queued."
         ))
