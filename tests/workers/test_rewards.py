@@ -1,0 +1,215 @@
+"""Reward models: tiny random models of each architecture, saved and loaded through
+from_pretrained; the project's batched scores against the naive per-image computation
+(the transformers processor on PIL images and one model call per image with its prompt set)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.workers.tiny_rewards import save_blip, save_blip2, save_clip
+from workers.ml import rewards
+from workers.ml.preprocess import PreprocessSpec, preprocess
+from workers.ml.rewards import MissingDependency, RewardModelError, RewardSpec, load_reward_model
+from workers.ml.textnorm import textnorm
+
+PROMPT_SETS = [
+    ["a photo of two cats", "a photo of a cat", "a photo of three cats", "a photo of four cats"],
+    ["a red cup and a blue vase", "a blue cup and a red vase", "a red cup", "a blue vase", "two red cups"],
+    ["a dog"],
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rewards")
+    return {
+        "clip": save_clip(root / "clip", seed=1),
+        "pickscore": save_clip(root / "pickscore", seed=2, logit_scale=4.6),
+        "blip_itm": save_blip(root / "blip", seed=3),
+        "blip2_itm": save_blip2(root / "blip2", seed=4),
+    }
+
+
+def images(n=6, shape=(56, 44)):
+    rng = np.random.default_rng(7)
+    # smooth images, so that resampling differences between PIL and torch stay small
+    base = rng.integers(0, 256, (n, 7, 5, 3)).astype(np.uint8)
+    return [Image.fromarray(b).resize(shape, Image.BILINEAR) for b in base]
+
+
+def naive_scores(kind, folder, pils, prompt_sets):
+    """One processor call on a PIL image and one model call per image with its prompt set."""
+    from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
+
+    out = []
+    if kind in ("clip", "pickscore"):
+        model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+        proc = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        for pil, texts in zip(pils, prompt_sets, strict=True):
+            inputs = proc(text=texts, images=pil, return_tensors="pt", padding=True)
+            with torch.no_grad():
+                logits = model(**inputs).logits_per_image[0]
+            factor = model.logit_scale.exp() if kind == "clip" else 100.0
+            out.append((logits / factor).detach().double().numpy())
+        return out
+    if kind == "blip_itm":
+        from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+        model = BlipForImageTextRetrieval.from_pretrained(folder, local_files_only=True).eval()
+        proc = BlipProcessor.from_pretrained(folder, local_files_only=True)
+        for pil, texts in zip(pils, prompt_sets, strict=True):
+            inputs = proc(images=[pil] * len(texts), text=texts, return_tensors="pt", padding=True)
+            with torch.no_grad():
+                itm = model(**inputs, use_itm_head=True).itm_score
+            out.append(itm.softmax(-1)[:, 1].double().numpy())
+        return out
+    from transformers import Blip2ForImageTextRetrieval, BlipImageProcessor
+
+    model = Blip2ForImageTextRetrieval.from_pretrained(folder, local_files_only=True).eval()
+    image_proc = BlipImageProcessor.from_pretrained(folder, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    for pil, texts in zip(pils, prompt_sets, strict=True):
+        enc = tok(texts, return_tensors="pt", padding=True)
+        pixels = image_proc(images=[pil] * len(texts), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels,
+                           use_image_text_matching_head=True).logits_per_image
+        out.append(logits.softmax(-1)[:, 1].double().numpy())
+    return out
+
+
+@pytest.mark.parametrize("kind", ["clip", "pickscore", "blip_itm", "blip2_itm"])
+@pytest.mark.parametrize("shape, atol", [((32, 32), 1e-4), ((56, 44), 1e-2)], ids=["model-size", "resized"])
+def test_batched_scores_equal_the_naive_per_image_computation(models, kind, shape, atol):
+    """At the model's input size the two paths see the same pixels and agree to float
+    precision; resized, torch's antialiased bicubic and PIL's differ slightly."""
+    pils = images(shape=shape)
+    sets = [PROMPT_SETS[i % len(PROMPT_SETS)] for i in range(len(pils))]
+    scorer = load_reward_model(RewardSpec(kind=kind, location=str(models[kind]), config={"device": "cpu"}))
+    ours = scorer.prompt_logits(pils, sets)
+    naive = naive_scores(kind, models[kind], pils, sets)
+    assert [len(o) for o in ours] == [len(s) for s in sets]
+    for o, n in zip(ours, naive, strict=True):
+        np.testing.assert_allclose(o, n, atol=atol)
+    # The scores discriminate (a test that random weights could pass by being constant would prove nothing).
+    assert np.ptp(np.concatenate(ours)) > 0.01
+    # TextNorm from the batched logits equals TextNorm from the naive ones.
+    for o, n in zip(ours, naive, strict=True):
+        np.testing.assert_allclose(textnorm(o, scale=3.0), textnorm(n, scale=3.0), atol=5 * atol)
+
+
+def test_pickscore_is_exp_logit_scale_times_cosine_over_100(models):
+    clip_like = load_reward_model(RewardSpec(kind="clip", location=str(models["pickscore"]),
+                                             config={"device": "cpu"}))
+    pick = load_reward_model(RewardSpec(kind="pickscore", location=str(models["pickscore"]),
+                                        config={"device": "cpu"}))
+    pils = images(2)
+    cos = clip_like.prompt_logits(pils, PROMPT_SETS[:2])
+    ps = pick.prompt_logits(pils, PROMPT_SETS[:2])
+    for c, p in zip(cos, ps, strict=True):
+        np.testing.assert_allclose(p, np.exp(4.6) * c / 100, rtol=1e-5)
+        assert np.all(np.abs(c) <= 1.0 + 1e-6)
+
+
+def test_text_embeddings_are_encoded_once_and_images_once(models):
+    scorer = load_reward_model(RewardSpec(kind="clip", location=str(models["clip"]), config={"device": "cpu"}))
+    scorer._text_embeddings.clear()
+    calls = {"text": 0, "image": 0}
+
+    def count(name):
+        def hook(module, args, kwargs):
+            calls[name] += kwargs.get("input_ids", kwargs.get("pixel_values")).shape[0]
+        return hook
+
+    hooks = [scorer.model.text_model.register_forward_pre_hook(count("text"), with_kwargs=True),
+             scorer.model.vision_model.register_forward_pre_hook(count("image"), with_kwargs=True)]
+    request_cleanup = [h.remove for h in hooks]
+    pils = images(6)
+    sets = [PROMPT_SETS[0]] * 3 + [PROMPT_SETS[1]] * 3
+    first = scorer.prompt_logits(pils, sets)
+    assert calls == {"text": 9, "image": 6}
+    again = scorer.prompt_logits(pils, sets)  # texts come from the cache
+    assert calls == {"text": 9, "image": 12}
+    for remove in request_cleanup:
+        remove()
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_itm_output_logit_is_the_log_odds_of_the_probability(models):
+    pils = images(2)
+    prob = load_reward_model(RewardSpec(kind="blip_itm", location=str(models["blip_itm"]),
+                                        config={"device": "cpu"})).prompt_logits(pils, PROMPT_SETS[:2])
+    logit = load_reward_model(RewardSpec(kind="blip_itm", location=str(models["blip_itm"]),
+                                         config={"device": "cpu", "output": "logit"})).prompt_logits(pils, PROMPT_SETS[:2])
+    for p, lg in zip(prob, logit, strict=True):
+        np.testing.assert_allclose(p, 1 / (1 + np.exp(-lg)), rtol=1e-5)
+
+
+def test_blip2_itc_head_is_the_max_query_cosine(models):
+    from transformers import Blip2ForImageTextRetrieval, BlipImageProcessor, AutoTokenizer
+
+    folder = models["blip2_itm"]
+    scorer = load_reward_model(RewardSpec(kind="blip2_itm", location=str(folder),
+                                          config={"device": "cpu", "head": "itc"}))
+    pils = images(1)
+    ours = scorer.prompt_logits(pils, PROMPT_SETS[:1])[0]
+    model = Blip2ForImageTextRetrieval.from_pretrained(folder, local_files_only=True).eval()
+    texts = PROMPT_SETS[0]
+    enc = AutoTokenizer.from_pretrained(folder)(texts, return_tensors="pt", padding=True)
+    pixels = BlipImageProcessor.from_pretrained(folder)(images=[pils[0]] * len(texts), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        naive = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels,
+                      use_image_text_matching_head=False).logits_per_image
+    np.testing.assert_allclose(ours, naive.diagonal().double().numpy(), atol=2e-3)
+
+
+def test_tensor_preprocessing_matches_the_clip_processor():
+    from transformers import CLIPImageProcessor
+
+    proc = CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    pils = images(3, shape=(64, 40))
+    theirs = proc(images=pils, return_tensors="pt")["pixel_values"]
+    spec = PreprocessSpec.from_config(proc.to_dict(), default_size=24)
+    ours = preprocess([np.asarray(p) for p in pils], spec, device="cpu", dtype=torch.float32)
+    assert ours.shape == theirs.shape == (3, 3, 24, 24)
+    assert (ours - theirs).abs().mean() < 0.02
+
+
+def test_missing_location_and_unknown_kind_give_clear_errors(tmp_path):
+    with pytest.raises(RewardModelError, match="not a local folder.*allow_download"):
+        load_reward_model(RewardSpec(kind="clip", location="openai/clip-vit-large-patch14"))
+    with pytest.raises(RewardModelError, match="unknown reward model kind 'nope'"):
+        load_reward_model(RewardSpec(kind="nope", location=str(tmp_path)))
+    with pytest.raises(RewardModelError, match="cannot load"):
+        load_reward_model(RewardSpec(kind="clip", location=str(tmp_path)))
+
+
+def test_optional_plugins_name_their_kind_and_package(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("ImageReward", "hpsv2") else real(name, *a))
+    with pytest.raises(MissingDependency, match="'imagereward' needs the optional package 'image-reward'"):
+        load_reward_model(RewardSpec(kind="imagereward", location=str(tmp_path)))
+    with pytest.raises(MissingDependency, match="'hpsv2' needs the optional package 'hpsv2'"):
+        load_reward_model(RewardSpec(kind="hpsv2", location=str(tmp_path)))
+
+
+def test_a_plugin_registers_by_kind_and_is_cached_by_fingerprint(monkeypatch):
+    monkeypatch.setattr(rewards, "_REGISTRY", dict(rewards._REGISTRY))
+    built = []
+
+    @rewards.register("length")
+    def _length(spec):
+        built.append(spec)
+        return rewards.PackagePairScorer("length", lambda text, pils: [len(text)] * len(pils))
+
+    spec = RewardSpec(kind="length", location="-", fingerprint="abc", config={"device": "cpu"})
+    scorer = load_reward_model(spec)
+    assert load_reward_model(RewardSpec(kind="length", location="-", fingerprint="abc",
+                                        config={"device": "cpu"})) is scorer
+    assert len(built) == 1
+    out = scorer.prompt_logits(images(2), [["ab", "abcd"], ["abc"]])
+    assert [list(o) for o in out] == [[2.0, 4.0], [3.0]]

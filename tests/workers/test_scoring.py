@@ -1,0 +1,152 @@
+"""Scoring jobs through the database: every image scored once per variant, values equal to
+the naive per-image computation, idempotent reruns, progress, failures recorded."""
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from annotate.models import Checkpoint, ContrastivePromptSet, Dataset, Image, Prompt, RewardScore, ScoringJob
+from annotate.services.contrastive import contrastive_sets_rule_based
+from annotate.services.scoring import ScoringError, reward_model_create, scoring_job_create
+from tests.workers.test_rewards import naive_scores
+from tests.workers.tiny_rewards import save_blip, save_clip
+from workers.ml.textnorm import textnorm
+from workers.scoring import scoring_job_execute
+
+pytestmark = pytest.mark.django_db(transaction=True)
+PROMPTS = ["a photo of two cats", "a photo of a red cup and a blue vase", "a photo of a dog above a chair"]
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scoring-models")
+    return {"clip": save_clip(root / "clip", seed=11), "pickscore": save_clip(root / "pick", seed=12, logit_scale=4.6),
+            "blip_itm": save_blip(root / "blip", seed=13)}
+
+
+def jpeg(seed: int, size=(40, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = PILImage.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize(size, PILImage.BILINEAR).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def scene():
+    """A dataset of three prompts, a checkpoint with four images per prompt, rule-based sets."""
+    ds = Dataset.objects.create(name="scenes")
+    ckpt = Checkpoint.objects.create(name="parent", backend="procedural")
+    for i, text in enumerate(PROMPTS):
+        prompt = Prompt.objects.create(dataset=ds, text=text, source_index=i)
+        for k in range(4):
+            content = jpeg(10 * i + k)
+            name = default_storage.save(f"generated/{ckpt.id}/{prompt.id}_{k}_0.jpg", ContentFile(content))
+            Image.objects.create(prompt=prompt, checkpoint=ckpt, seed=k, index=0, file=name, size_bytes=len(content),
+                                 sha256=hashlib.sha256(content).hexdigest(), width=40, height=48)
+    contrastive_sets_rule_based(dataset=ds)
+    return ds, ckpt
+
+
+def naive_for(kind, folder, images):
+    pils, sets = [], []
+    for image in images:
+        with default_storage.open(image.file.name) as fh:
+            pils.append(PILImage.open(io.BytesIO(fh.read())).convert("RGB"))
+        sets.append(ContrastivePromptSet.objects.get(prompt=image.prompt).prompt_set)
+    return naive_scores(kind, folder, pils, sets)
+
+
+@pytest.mark.parametrize("kind", ["clip", "pickscore", "blip_itm"])
+def test_job_scores_raw_and_textnorm_like_the_naive_computation(scene, model_folders, kind):
+    ds, ckpt = scene
+    rm = reward_model_create(name=kind, kind=kind, location=str(model_folders[kind]), config={"device": "cpu"})
+    job = scoring_job_create(reward_model=rm, checkpoint=ckpt, prompt_set_source="rule_based", scale=3.0,
+                             batch_size=5)  # runs inline after commit in tests
+    job.refresh_from_db()
+    assert (job.status, job.done_images, job.total_images, job.error) == ("succeeded", 12, 12, "")
+    images = list(Image.objects.filter(checkpoint=ckpt).select_related("prompt").order_by("id"))
+    naive = naive_for(kind, model_folders[kind], images)
+    for image, logits in zip(images, naive, strict=True):
+        raw = RewardScore.objects.get(image=image, reward_model=rm, variant="raw")
+        tn = RewardScore.objects.get(image=image, reward_model=rm, variant="textnorm")
+        assert tn.prompt_set.source == "rule_based" and (tn.normalize, tn.scale) == ("minmax", 3.0)
+        assert raw.value == pytest.approx(logits[0], abs=1e-2)
+        assert tn.value == pytest.approx(textnorm(logits, scale=3.0)[0], abs=2e-2)
+    values = RewardScore.objects.filter(reward_model=rm, variant="textnorm").values_list("value", flat=True)
+    assert np.ptp(list(values)) > 0.01
+
+
+def test_rerun_scores_only_missing_rows_and_new_parameters_add_rows(scene, model_folders):
+    ds, ckpt = scene
+    rm = reward_model_create(name="clip", kind="clip", location=str(model_folders["clip"]), config={"device": "cpu"})
+    job = scoring_job_create(reward_model=rm, dataset=ds, prompt_set_source="rule_based")
+    assert RewardScore.objects.count() == 24
+    assert scoring_job_execute(job.id) == 0
+    victim = Image.objects.filter(checkpoint=ckpt).first()
+    before = RewardScore.objects.get(image=victim, variant="textnorm").value
+    RewardScore.objects.filter(image=victim, variant="textnorm").delete()
+    assert scoring_job_execute(job.id) == 1
+    assert RewardScore.objects.count() == 24
+    assert RewardScore.objects.get(image=victim, variant="textnorm").value == pytest.approx(before, abs=1e-6)
+    # The paper's temperature variant is another row; raw scores are not written twice.
+    scoring_job_create(reward_model=rm, checkpoint=ckpt, variants=["raw", "textnorm"], normalize="none",
+                       temperature=0.01, prompt_set_source="rule_based")
+    assert RewardScore.objects.filter(variant="raw").count() == 12
+    assert RewardScore.objects.filter(variant="textnorm").count() == 24
+    job.refresh_from_db()
+    assert (job.done_images, job.total_images) == (12, 12)
+
+
+def test_a_bad_image_file_fails_the_job_with_the_file_named(scene, model_folders):
+    ds, ckpt = scene
+    rm = reward_model_create(name="clip", kind="clip", location=str(model_folders["clip"]), config={"device": "cpu"})
+    broken = Image.objects.filter(checkpoint=ckpt).last()
+    with default_storage.open(broken.file.name, "wb") as fh:
+        fh.write(b"not a jpeg")
+    with pytest.raises(ScoringError, match=broken.file.name):
+        scoring_job_create(reward_model=rm, checkpoint=ckpt, variants=["raw"], batch_size=4)
+    job = ScoringJob.objects.get()
+    assert job.status == "failed" and broken.file.name in job.error
+    assert not RewardScore.objects.filter(image=broken).exists()
+
+
+def test_bad_input_is_refused_naming_the_field_and_writes_nothing(scene, model_folders):
+    ds, ckpt = scene
+    rm = reward_model_create(name="clip", kind="clip", location=str(model_folders["clip"]), config={"device": "cpu"})
+    with pytest.raises(ScoringError, match="prompt_set_source: 3 prompt"):
+        scoring_job_create(reward_model=rm, checkpoint=ckpt, prompt_set_source="imported")
+    with pytest.raises(ScoringError, match="normalize"):
+        scoring_job_create(reward_model=rm, checkpoint=ckpt, prompt_set_source="rule_based", normalize="softmax")
+    with pytest.raises(ScoringError, match="variants"):
+        scoring_job_create(reward_model=rm, checkpoint=ckpt, variants=["best"])
+    with pytest.raises(ScoringError, match="kind"):
+        reward_model_create(name="x", kind="dalle", location=str(model_folders["clip"]))
+    with pytest.raises(ScoringError, match="location"):
+        reward_model_create(name="x", kind="clip", location="org/not-here")
+    assert not ScoringJob.objects.exists() and not RewardScore.objects.exists()
+
+
+def test_job_is_enqueued_only_after_commit(scene, model_folders):
+    from django.db import transaction
+
+    ds, ckpt = scene
+    rm = reward_model_create(name="clip", kind="clip", location=str(model_folders["clip"]), config={"device": "cpu"})
+    with transaction.atomic():
+        job = scoring_job_create(reward_model=rm, checkpoint=ckpt, variants=["raw"])
+        assert not RewardScore.objects.exists()
+    job.refresh_from_db()
+    assert job.status == "succeeded" and RewardScore.objects.count() == 12
+
+
+def test_scoring_task_is_registered_for_the_gpu_queue():
+    from webapp.celery import app
+
+    app.loader.import_default_modules()
+    assert "workers.tasks.scoring_job_run" in app.tasks
+    route = app.amqp.router.route({}, "workers.tasks.scoring_job_run")
+    assert route["queue"].name == "gpu"

@@ -1,0 +1,415 @@
+"""Reward models behind one interface, a plug-in registry by kind, and a per-process cache.
+
+Every scorer answers ``prompt_logits(images, prompt_sets)``: for each image, the reward
+model's score l_i of every prompt of its prompt set (original first), so the raw reward is
+column 0 and TextNorm is a function of the whole row (``workers.ml.textnorm``).
+
+- Dual encoders (CLIP, PickScore): each image is encoded once, each text once per process
+  (a cache of text embeddings), then one matrix product gives every score of the batch.
+- Cross-attention ITM models (BLIP, BLIP-2): each image is encoded once; the (image, text)
+  pairs run through the matching head in batches.
+
+Nothing is loaded at import time; ``load_reward_model`` builds a scorer on first use and
+keeps it for the next call with the same fingerprint. Weights come from a local folder; a
+hub id only when ``config["allow_download"]`` is true. CPU/float32 by default, float16 on
+CUDA (``config["device"]`` and ``config["dtype"]`` override).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workers.ml.preprocess import PreprocessSpec, preprocess, to_uint8_batch
+
+
+class RewardModelError(ValueError):
+    """A reward model that cannot be loaded or used as configured."""
+
+
+class MissingDependency(RewardModelError):
+    pass
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    kind: str
+    location: str
+    config: dict = field(default_factory=dict, hash=False, compare=False)
+    fingerprint: str = ""
+
+    @property
+    def cache_key(self) -> str:
+        if self.fingerprint:
+            return self.fingerprint
+        blob = json.dumps([self.kind, self.location, self.config], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+Factory = Callable[[RewardSpec], "RewardScorer"]
+_REGISTRY: dict[str, tuple[Factory, tuple[tuple[str, str], ...]]] = {}
+_cache: dict[tuple[str, str], RewardScorer] = {}
+
+
+def register(kind: str, *, requires: Sequence[tuple[str, str]] = ()) -> Callable[[Factory], Factory]:
+    """Register a scorer factory for ``kind``. ``requires``: (import name, package name)
+    pairs of optional dependencies, checked when a model of this kind is loaded."""
+    def decorator(factory: Factory) -> Factory:
+        _REGISTRY[kind] = (factory, tuple(requires))
+        return factory
+    return decorator
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_reward_model(spec: RewardSpec) -> RewardScorer:
+    """The scorer for ``spec``, built once per process and device (keyed by fingerprint)."""
+    if spec.kind not in _REGISTRY:
+        raise RewardModelError(f"unknown reward model kind {spec.kind!r} (known: {', '.join(registered_kinds())})")
+    factory, requires = _REGISTRY[spec.kind]
+    for module, package in requires:
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependency(
+                f"reward model kind {spec.kind!r} needs the optional package {package!r} "
+                f"(import name {module!r}), which is not installed in this worker"
+            )
+    key = (spec.cache_key, _device_of(spec.config))
+    if key not in _cache:
+        _cache[key] = factory(spec)
+    return _cache[key]
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+def _device_of(config: dict) -> str:
+    if config.get("device"):
+        return str(config["device"])
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype_of(config: dict, device: str):
+    import torch
+
+    name = config.get("dtype") or ("float16" if device.startswith("cuda") else "float32")
+    if name not in ("float32", "float16", "bfloat16"):
+        raise RewardModelError(f"config.dtype must be float32, float16 or bfloat16, not {name!r}")
+    return getattr(torch, name)
+
+
+def _pretrained_source(spec: RewardSpec) -> tuple[str, dict]:
+    """Where from_pretrained reads: a local folder, or a hub id when downloads are allowed."""
+    path = Path(spec.location)
+    if path.is_dir():
+        return str(path), {"local_files_only": True}
+    if spec.config.get("allow_download"):
+        return spec.location, {}
+    raise RewardModelError(
+        f"reward model location {spec.location!r} is not a local folder, and config.allow_download "
+        f"is not set, so it is not fetched from the hub"
+    )
+
+
+class RewardScorer:
+    """Common parts: device, dtype, tensor preprocessing, tokenisation with a cache."""
+
+    kind: str = ""
+    text_batch: int = 256
+
+    def __init__(self, spec: RewardSpec, model, tokenizer, preprocess_spec: PreprocessSpec):
+        import torch
+
+        self.spec = spec
+        self.device = _device_of(spec.config)
+        self.dtype = _dtype_of(spec.config, self.device)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.tokenizer = tokenizer
+        self.preprocess_spec = preprocess_spec
+        self.max_text_tokens = int(spec.config.get("max_text_tokens", 0)) or None
+        self._torch = torch
+
+    def pixels(self, images: list) -> object:
+        return preprocess(to_uint8_batch(images), self.preprocess_spec, device=self.device, dtype=self.dtype)
+
+    def tokenize(self, texts: list[str]) -> tuple:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
+                             return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def prompt_logits(self, images: list, prompt_sets: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per image, the scores of its prompt set's prompts (original first), as float64."""
+        if len(images) != len(prompt_sets):
+            raise ValueError(f"{len(images)} images but {len(prompt_sets)} prompt sets")
+        if not images:
+            return []
+        if any(len(s) == 0 for s in prompt_sets):
+            raise ValueError("every prompt set needs at least the original prompt")
+        with self._torch.inference_mode():
+            return self._prompt_logits(self.pixels(images), prompt_sets)
+
+    def _prompt_logits(self, pixels, prompt_sets) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+def _unique_texts(prompt_sets: Sequence[Sequence[str]]) -> tuple[list[str], list[list[int]]]:
+    position: dict[str, int] = {}
+    columns = []
+    for texts in prompt_sets:
+        columns.append([position.setdefault(t, len(position)) for t in texts])
+    return list(position), columns
+
+
+class DualEncoderScorer(RewardScorer):
+    """CLIP-architecture models: image and text encoded apart, scores from one matmul."""
+
+    text_cache_size = 200_000
+
+    def __init__(self, *args, score_factor: Callable[[object], float], **kw):
+        super().__init__(*args, **kw)
+        self._text_embeddings: dict[str, object] = {}
+        self.factor = float(score_factor(self.model))
+        if self.max_text_tokens is None:
+            self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
+
+    def encode_images(self, pixels):
+        m = self.model
+        pooled = m.vision_model(pixel_values=pixels).pooler_output
+        return self._torch.nn.functional.normalize(m.visual_projection(pooled), dim=-1)
+
+    def encode_texts(self, texts: list[str]):
+        """Normalised text embeddings, each text encoded once per process."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_embeddings]
+        if len(self._text_embeddings) + len(missing) > self.text_cache_size:
+            self._text_embeddings.clear()
+            missing = list(dict.fromkeys(texts))
+        m = self.model
+        for start in range(0, len(missing), self.text_batch):
+            chunk = missing[start:start + self.text_batch]
+            ids, mask = self.tokenize(chunk)
+            pooled = m.text_model(input_ids=ids, attention_mask=mask).pooler_output
+            emb = self._torch.nn.functional.normalize(m.text_projection(pooled), dim=-1)
+            self._text_embeddings.update(zip(chunk, emb, strict=True))
+        return self._torch.stack([self._text_embeddings[t] for t in texts])
+
+    def _prompt_logits(self, pixels, prompt_sets):
+        unique, columns = _unique_texts(prompt_sets)
+        img = self.encode_images(pixels)
+        txt = self.encode_texts(unique)
+        sims = (img.float() @ txt.float().T * self.factor).double().cpu().numpy()
+        return [sims[i, cols] for i, cols in enumerate(columns)]
+
+
+def _pairs(prompt_sets, columns) -> tuple[list[int], list[int]]:
+    images, texts = [], []
+    for i, cols in enumerate(columns):
+        images.extend([i] * len(cols))
+        texts.extend(cols)
+    return images, texts
+
+
+def _split(values: np.ndarray, columns) -> list[np.ndarray]:
+    out, start = [], 0
+    for cols in columns:
+        out.append(values[start:start + len(cols)])
+        start += len(cols)
+    return out
+
+
+class ItmScorer(RewardScorer):
+    """Image-text matching heads. ``config["output"]``: "probability" (default: softmax of
+    the two ITM logits, the "match" entry) or "logit" (log-odds of a match: l_match - l_no)."""
+
+    pair_batch = 256
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.output = self.spec.config.get("output", "probability")
+        if self.output not in ("probability", "logit"):
+            raise RewardModelError(f"config.output must be 'probability' or 'logit', not {self.output!r}")
+
+    def _match_score(self, itm_logits):
+        itm_logits = itm_logits.float()
+        if self.output == "probability":
+            return itm_logits.softmax(dim=-1)[:, 1]
+        return itm_logits[:, 1] - itm_logits[:, 0]
+
+    def encode_images(self, pixels):
+        return self.model.vision_model(pixel_values=pixels).last_hidden_state
+
+    def _pair_itm_logits(self, image_states, ids, mask):
+        raise NotImplementedError
+
+    def _prompt_logits(self, pixels, prompt_sets):
+        unique, columns = _unique_texts(prompt_sets)
+        states = self.encode_images(pixels)
+        ids, mask = self.tokenize(unique)
+        image_idx, text_idx = _pairs(prompt_sets, columns)
+        image_idx_t = self._torch.tensor(image_idx, device=self.device)
+        text_idx_t = self._torch.tensor(text_idx, device=self.device)
+        scores = []
+        for start in range(0, len(image_idx), self.pair_batch):
+            ii, tt = image_idx_t[start:start + self.pair_batch], text_idx_t[start:start + self.pair_batch]
+            scores.append(self._match_score(self._pair_itm_logits(states[ii], ids[tt], mask[tt])))
+        values = self._torch.cat(scores).double().cpu().numpy()
+        return _split(values, columns)
+
+
+class BlipItmScorer(ItmScorer):
+    def _pair_itm_logits(self, image_states, ids, mask):
+        m = self.model
+        image_mask = self._torch.ones(image_states.shape[:-1], dtype=self._torch.long, device=self.device)
+        hidden = m.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_states,
+                                encoder_attention_mask=image_mask).last_hidden_state
+        return m.itm_head(hidden[:, 0, :])
+
+
+class Blip2ItmScorer(ItmScorer):
+    """BLIP-2 Q-Former matching head (``config["head"] = "itm"``, default) or the Q-Former
+    feature similarity (``"itc"``: max over query tokens of the cosine, image and text apart)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.head = self.spec.config.get("head", "itm")
+        if self.head not in ("itm", "itc"):
+            raise RewardModelError(f"config.head must be 'itm' or 'itc', not {self.head!r}")
+
+    def _pair_itm_logits(self, image_states, ids, mask):
+        m, torch = self.model, self._torch
+        queries = m.query_tokens.expand(image_states.shape[0], -1, -1)
+        attention = torch.cat([torch.ones(queries.shape[:-1], dtype=mask.dtype, device=self.device), mask], dim=1)
+        image_mask = torch.ones(image_states.shape[:-1], dtype=torch.long, device=self.device)
+        embeds = m.embeddings(input_ids=ids, query_embeds=queries)
+        hidden = m.qformer(query_embeds=embeds, query_length=queries.shape[1], attention_mask=attention,
+                           encoder_hidden_states=image_states, encoder_attention_mask=image_mask).last_hidden_state
+        return m.itm_head(hidden[:, :queries.shape[1], :].to(m.itm_head.weight.dtype)).mean(dim=1)
+
+    def _prompt_logits(self, pixels, prompt_sets):
+        if self.head == "itm":
+            return super()._prompt_logits(pixels, prompt_sets)
+        m, torch = self.model, self._torch
+        unique, columns = _unique_texts(prompt_sets)
+        states = self.encode_images(pixels)
+        queries = m.query_tokens.expand(states.shape[0], -1, -1)
+        image_mask = torch.ones(states.shape[:-1], dtype=torch.long, device=self.device)
+        q = m.qformer(query_embeds=queries, encoder_hidden_states=states,
+                      encoder_attention_mask=image_mask).last_hidden_state
+        img = torch.nn.functional.normalize(m.vision_projection(q), dim=-1)  # (N, Q, D)
+        ids, mask = self.tokenize(unique)
+        t = m.qformer(query_embeds=m.embeddings(input_ids=ids), query_length=0, attention_mask=mask).last_hidden_state
+        txt = torch.nn.functional.normalize(m.text_projection(t[:, 0, :]), dim=-1)  # (T, D)
+        sims = torch.einsum("nqd,td->ntq", img.float(), txt.float()).amax(dim=-1).double().cpu().numpy()
+        return [sims[i, cols] for i, cols in enumerate(columns)]
+
+
+def _load_hf(spec: RewardSpec, model_cls_name: str, default_size: int | None = None):
+    import transformers
+    from transformers import AutoTokenizer
+
+    source, kw = _pretrained_source(spec)
+    try:
+        model = getattr(transformers, model_cls_name).from_pretrained(source, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    except (OSError, ValueError) as exc:
+        raise RewardModelError(f"reward model {spec.kind!r} at {spec.location}: cannot load: {exc}") from exc
+    size = default_size or int(model.config.vision_config.image_size)
+    if Path(source).is_dir():
+        pre = PreprocessSpec.from_folder(source, default_size=size)
+    else:
+        from transformers import AutoImageProcessor
+
+        pre = PreprocessSpec.from_config(AutoImageProcessor.from_pretrained(source, **kw).to_dict(),
+                                         default_size=size)
+    return model, tokenizer, pre
+
+
+@register("clip")
+def _clip(spec: RewardSpec) -> RewardScorer:
+    model, tok, pre = _load_hf(spec, "CLIPModel")
+    scorer = DualEncoderScorer(spec, model, tok, pre, score_factor=lambda m: 1.0)  # cosine
+    scorer.kind = "clip"
+    return scorer
+
+
+@register("pickscore")
+def _pickscore(spec: RewardSpec) -> RewardScorer:
+    model, tok, pre = _load_hf(spec, "CLIPModel")
+    # PickScore = exp(logit_scale) * cosine / 100 (SPEC section 2)
+    scorer = DualEncoderScorer(spec, model, tok, pre,
+                               score_factor=lambda m: float(m.logit_scale.detach().float().exp()) / 100.0)
+    scorer.kind = "pickscore"
+    return scorer
+
+
+@register("blip_itm")
+def _blip(spec: RewardSpec) -> RewardScorer:
+    model, tok, pre = _load_hf(spec, "BlipForImageTextRetrieval")
+    scorer = BlipItmScorer(spec, model, tok, pre)
+    scorer.kind = "blip_itm"
+    return scorer
+
+
+@register("blip2_itm")
+def _blip2(spec: RewardSpec) -> RewardScorer:
+    import transformers
+
+    if not hasattr(transformers, "Blip2ForImageTextRetrieval"):
+        raise MissingDependency(
+            f"reward model kind 'blip2_itm' needs transformers with Blip2ForImageTextRetrieval "
+            f"(this worker has transformers {transformers.__version__})"
+        )
+    model, tok, pre = _load_hf(spec, "Blip2ForImageTextRetrieval")
+    scorer = Blip2ItmScorer(spec, model, tok, pre)
+    scorer.kind = "blip2_itm"
+    return scorer
+
+
+class PackagePairScorer:
+    """Adapter for reward packages that score (prompt, images) with their own model and
+    preprocessing (ImageReward, HPSv2): one call per distinct text of the batch."""
+
+    def __init__(self, kind: str, score: Callable[[str, list], Sequence[float]]):
+        self.kind = kind
+        self._score = score
+
+    def prompt_logits(self, images: list, prompt_sets: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        from PIL import Image
+
+        if len(images) != len(prompt_sets):
+            raise ValueError(f"{len(images)} images but {len(prompt_sets)} prompt sets")
+        pils = [Image.fromarray(a) for a in to_uint8_batch(images)]
+        unique, columns = _unique_texts(prompt_sets)
+        needed: dict[int, list[int]] = {}
+        for i, cols in enumerate(columns):
+            for c in cols:
+                needed.setdefault(c, []).append(i)
+        value: dict[tuple[int, int], float] = {}
+        for c, image_ids in needed.items():
+            scores = np.atleast_1d(np.asarray(self._score(unique[c], [pils[i] for i in image_ids]), dtype=float))
+            value.update({(i, c): float(s) for i, s in zip(image_ids, scores, strict=True)})
+        return [np.array([value[(i, c)] for c in cols]) for i, cols in enumerate(columns)]
+
+
+@register("imagereward", requires=[("ImageReward", "image-reward")])
+def _imagereward(spec: RewardSpec):
+    import ImageReward  # noqa: N813  (optional dependency)
+
+    model = ImageReward.load(spec.location or "ImageReward-v1.0", device=_device_of(spec.config))
+    return PackagePairScorer("imagereward", lambda text, pils: model.score(text, pils))
+
+
+@register("hpsv2", requires=[("hpsv2", "hpsv2")])
+def _hpsv2(spec: RewardSpec):
+    import hpsv2  # optional dependency
+
+    version = spec.config.get("hps_version", "v2.1")
+    return PackagePairScorer("hpsv2", lambda text, pils: hpsv2.score(pils, text, hps_version=version))
