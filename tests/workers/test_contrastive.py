@@ -73,10 +73,10 @@ def test_generated_lines_are_cleaned_and_malformed_ones_dropped():
 def tiny_lm(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
-    from tests.workers.tiny_rewards import _bytes_to_unicode
+    from workers.ml.diffusion_random import bytes_to_unicode
 
     folder = tmp_path / "lm"
-    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     merges = [("c", "a"), ("o", "f")]
     vocab.update({"ca": len(vocab), "of": len(vocab) + 1})
     vocab["<|endoftext|>"] = len(vocab)
