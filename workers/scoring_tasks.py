@@ -8,3 +8,10 @@ def scoring_job_run(job_id: int) -> int:
     from workers.scoring import scoring_job_execute
 
     return scoring_job_execute(job_id)
+
+
+@shared_task(name="workers.tasks.scoring_demo_run", acks_late=True)
+def scoring_demo_run() -> list[int]:
+    from annotate.services.demo import demo_images_score
+
+    return demo_images_score()

@@ -12,6 +12,7 @@ from django.db import transaction
 from annotate.models import Checkpoint, Dataset, GenerationJob, Prompt, Study
 from annotate.roles import ANNOTATORS, RESEARCHERS
 from annotate.services.accounts import user_create_with_role
+from annotate.services.contrastive import contrastive_sets_rule_based
 from annotate.services.generation import generation_job_create
 from annotate.services.studies import study_add_members, study_create_pairwise, study_create_rating, study_open
 from workers.ml.scenes import demo_prompts
@@ -89,15 +90,58 @@ def demo_seed(*, backend: str = "procedural") -> dict:
                 checkpoint=checkpoint, dataset=dataset, seeds=[0], images_per_seed=1, width=64, height=64,
                 num_inference_steps=4, dtype=GenerationJob.DType.FLOAT16, enqueue=False,
             ))
+    contrastive_sets_rule_based(dataset=dataset)  # TextNorm's prompt sets (idempotent)
     if jobs:
         from celery import chain
 
         from workers.tasks import demo_studies_create, generation_job_run
 
-        steps = [generation_job_run.si(job.id) for job in jobs] + [demo_studies_create.si()]
+        from workers.scoring_tasks import scoring_demo_run
+
+        steps = [generation_job_run.si(job.id) for job in jobs] + [scoring_demo_run.si(), demo_studies_create.si()]
         transaction.on_commit(lambda: chain(*steps).delay())
     return {"dataset": dataset, "jobs_created": len(jobs),
             "accounts": {u: p for u, (p, _) in DEMO_ACCOUNTS.items()}}
+
+
+DEMO_REWARD_MODEL = "demo-tiny-clip"
+
+
+def demo_reward_model():
+    """A tiny random CLIP in DATA_DIR/models/tiny-clip, saved once and registered (its scores
+    are noise: it shows the scoring path; register real weights with score_images)."""
+    from annotate.models import RewardModel
+    from annotate.services.scoring import reward_model_create
+
+    existing = RewardModel.objects.filter(name=DEMO_REWARD_MODEL).first()
+    folder = Path(settings.DATA_DIR) / "models" / "tiny-clip"
+    if existing is not None and (folder / "config.json").is_file():
+        return existing
+    from workers.ml.reward_random import save_random_clip
+
+    save_random_clip(folder)
+    RewardModel.objects.filter(name=DEMO_REWARD_MODEL).delete()  # a stale entry whose folder is gone
+    return reward_model_create(name=DEMO_REWARD_MODEL, kind="clip", location=str(folder))
+
+
+def demo_images_score() -> list[int]:
+    """Raw and TextNorm (rule-based contrastive prompts) scores of the demo checkpoints'
+    images, as scoring jobs run here (the worker calls this after generation)."""
+    from annotate.models import ScoringJob
+    from annotate.services.scoring import scoring_job_create
+    from workers.scoring import scoring_job_execute
+
+    reward_model = demo_reward_model()
+    dataset = Dataset.objects.get(name="demo-scenes")
+    contrastive_sets_rule_based(dataset=dataset)
+    scored = []
+    for checkpoint in Checkpoint.objects.filter(name__in=DEMO_CHECKPOINTS).order_by("name"):
+        job = ScoringJob.objects.filter(reward_model=reward_model, checkpoint=checkpoint).first()
+        if job is None:
+            job = scoring_job_create(reward_model=reward_model, checkpoint=checkpoint, variants=["raw", "textnorm"],
+                                     prompt_set_source="rule_based", enqueue=False)
+        scored.append(scoring_job_execute(job.id))
+    return scored
 
 
 @transaction.atomic

@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 
-from annotate.models import GenerationJob, Image, Study, StudyItem
+from annotate.models import GenerationJob, Image, RewardScore, ScoringJob, Study, StudyItem
 from annotate.roles import is_researcher
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,6 +21,11 @@ def test_seed_demo_makes_accounts_images_and_open_studies_once(client):
     assert GenerationJob.objects.filter(status="succeeded").count() == 2
     n_images = Image.objects.count()
     assert n_images == 2 * 28 * 4
+    # Scored through the worker after generation: raw and TextNorm (rule-based prompt sets).
+    assert ScoringJob.objects.filter(status="succeeded", done_images=28 * 4).count() == 2
+    assert RewardScore.objects.filter(variant="raw").count() == n_images
+    textnorm = RewardScore.objects.filter(variant="textnorm")
+    assert textnorm.count() == n_images and all(0.0 < v < 1.0 for v in textnorm.values_list("value", flat=True))
     pairwise = Study.objects.get(kind="pairwise")
     rating = Study.objects.get(kind="rating")
     assert pairwise.status == rating.status == "open"
@@ -31,6 +36,7 @@ def test_seed_demo_makes_accounts_images_and_open_studies_once(client):
     assert set(gold.values_list("gold_answer", flat=True)) <= {"a", "b"}
     call_command("seed_demo", stdout=io.StringIO())
     assert GenerationJob.objects.count() == 2 and Image.objects.count() == n_images
+    assert ScoringJob.objects.count() == 2 and RewardScore.objects.count() == 2 * n_images
     assert Study.objects.count() == 2
     client.force_login(researcher)
     dataset_page = client.get(f"/datasets/{GenerationJob.objects.first().dataset_id}/")

@@ -1,6 +1,7 @@
 """A real Celery worker process consumes a task from the configured broker and writes to the
 configured database: the file-system broker and SQLite by default, Redis and PostgreSQL in
 CI's service pass."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -26,11 +27,7 @@ def database_url() -> str:
     return f"postgres://{auth}@{cfg['HOST'] or '127.0.0.1'}:{cfg['PORT'] or 5432}/{cfg['NAME']}"
 
 
-@pytest.fixture
-def worker(media_root):
-    eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    celery_app.control.purge()  # nothing left over from an earlier, interrupted run
+def start_worker(media_root, log: Path) -> subprocess.Popen:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "webapp.settings.test",
@@ -39,19 +36,41 @@ def worker(media_root):
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CELERY_TASK_ALWAYS_EAGER": "0",
     }
-    log = media_root.parent / "worker.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
+    with log.open("a") as out:
+        return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--queues", "gpu,cpu", "--pool", "solo",
              "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
-        try:
-            yield proc, log
-        finally:
-            celery_app.conf.task_always_eager = eager
-            proc.terminate()
-            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def not_eager():
+    eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = False
+    celery_app.control.purge()  # nothing left over from an earlier, interrupted run
+    yield
+    celery_app.conf.task_always_eager = eager
+
+
+@pytest.fixture
+def worker(media_root, not_eager):
+    log = media_root.parent / "worker.log"
+    proc = start_worker(media_root, log)
+    try:
+        yield proc, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_for(job, proc, seconds: float, until) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if until(job) or proc.poll() is not None:
+            return
+        time.sleep(0.1)
 
 
 @pytest.mark.worker
@@ -63,16 +82,56 @@ def test_worker_process_runs_a_generation_job_from_the_broker(worker):
     ckpt = Checkpoint.objects.create(name="careful", backend="procedural", config={"error_rate": 0.1})
     job = generation_job_create(checkpoint=ckpt, dataset=dataset, seeds=[0, 1], images_per_seed=2,
                                 width=64, height=64)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        job.refresh_from_db()
-        if job.status in ("succeeded", "failed") or proc.poll() is not None:
-            break
-        time.sleep(0.3)
+    wait_for(job, proc, 90, lambda j: j.status in ("succeeded", "failed"))
     assert job.status == "succeeded", log.read_text()[-3000:]
     assert Image.objects.filter(job=job).count() == 4 == job.done_images
     assert "generation_job_run" in log.read_text() and "succeeded" in log.read_text()
     assert GenerationJob.objects.get(pk=job.pk).finished_at is not None
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_job_and_restarted_completes_it_without_duplicates(media_root, not_eager):
+    """SIGKILL in the middle of a job: the images made so far stay; the job, run again on a new
+    worker (as a redelivery or the retry button does), makes only the rest."""
+    import signal
+
+    from workers.tasks import generation_job_run
+
+    dataset = Dataset.objects.create(name="scenes")
+    Prompt.objects.bulk_create([Prompt(dataset=dataset, text=f"a realistic photo of {n} cups", source_index=n)
+                                for n in range(1, 31)])
+    ckpt = Checkpoint.objects.create(name="careful", backend="procedural", config={"error_rate": 0.1,
+                                                                                   "batch_size": 4})
+    job = generation_job_create(checkpoint=ckpt, dataset=dataset, seeds=[0, 1, 2], images_per_seed=2,
+                                width=256, height=256)  # 180 images
+    log = media_root.parent / "worker.log"
+    first = start_worker(media_root, log)
+    try:
+        wait_for(job, first, 90, lambda j: j.done_images >= 8)
+        assert 8 <= job.done_images < job.total_images, log.read_text()[-3000:]
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    made_before = Image.objects.filter(job=job).count()
+    assert 0 < made_before < 180
+    second = start_worker(media_root, log)
+    try:
+        generation_job_run.delay(job.id)
+        wait_for(job, second, 120, lambda j: j.status == "succeeded" and j.done_images == 180)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert job.status == "succeeded" and job.done_images == 180, log.read_text()[-3000:]
+    images = Image.objects.filter(job=job)
+    assert images.count() == 180
+    assert images.values("prompt", "seed", "index").distinct().count() == 180
+    assert len(set(images.values_list("file", flat=True))) == 180
+    for image in images.order_by("?")[:20]:  # the files are whole, and what the rows say
+        with image.file.open("rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == image.sha256
 
 
 @pytest.mark.postgres
