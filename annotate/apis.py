@@ -4,6 +4,8 @@ Researchers manage studies and export judgments; annotators ask for the next ite
 answer it. Annotator responses carry item ids and image slots only, never a checkpoint,
 an image id or a gold answer.
 """
+import uuid
+
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -220,6 +222,101 @@ class AnnotatorStudiesApi(AnnotatorApi):
         ])
 
 
+class HotInput:
+    """Validation of the two hot endpoints' bodies, equal in effect and messages to their
+    documented serializers (``Input``; tests/annotate/test_api.py checks both agree) at a
+    fraction of the cost: the serializers cost about 0.1 ms a judgment, a few percent of its
+    server CPU."""
+
+    MAX_SPENT_MS = 24 * 3600 * 1000
+
+    def __init__(self, data):
+        self.data = data if isinstance(data, dict) else {}
+        self.errors: dict = {}
+        self._whole = not isinstance(data, dict)  # the body itself is wrong: no field errors
+        if data is None:
+            self.errors["non_field_errors"] = ["No data provided"]
+        elif self._whole:
+            self.errors["non_field_errors"] = ["Invalid data. Expected a dictionary, but got "
+                                               f"{type(data).__name__}."]
+
+    def _error(self, name: str, message: str) -> None:
+        if not self._whole:
+            self.errors.setdefault(name, []).append(message)
+
+    def uuid_field(self, name: str) -> uuid.UUID | None:
+        if name not in self.data:
+            return self._error(name, "This field is required.")
+        if self.data[name] is None:
+            return self._error(name, "This field may not be null.")
+        try:
+            return self._as_uuid(self.data[name])
+        except (ValueError, AttributeError, TypeError):
+            return self._error(name, "Must be a valid UUID.")
+
+    @staticmethod
+    def _as_uuid(value) -> uuid.UUID:
+        if isinstance(value, uuid.UUID):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return uuid.UUID(int=value)
+        return uuid.UUID(str(value))
+
+    def text(self, name: str, max_length: int, *, required: bool = True, default: str = "") -> str | None:
+        if name not in self.data:
+            return self._error(name, "This field is required.") if required else default
+        value = self.data[name]
+        if value is None:
+            return self._error(name, "This field may not be null.")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return self._error(name, "Not a valid string.")
+        value = str(value).strip()
+        if required and value == "":
+            return self._error(name, "This field may not be blank.")
+        if len(value) > max_length:
+            return self._error(name, f"Ensure this field has no more than {max_length} characters.")
+        return value
+
+    def integer(self, name: str, *, low: int | None = None, high: int | None = None) -> int | None:
+        value = self.data.get(name)
+        if value is None or value == "":
+            return None
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value if not isinstance(value, str) else value.strip())
+        except (ValueError, TypeError, OverflowError):
+            return self._error(name, "A valid integer is required.")
+        if low is not None and value < low:
+            return self._error(name, f"Ensure this value is greater than or equal to {low}.")
+        if high is not None and value > high:
+            return self._error(name, f"Ensure this value is less than or equal to {high}.")
+        return value
+
+    def uuid_list(self, name: str, max_length: int) -> list:
+        value = self.data.get(name, [])
+        if self._whole:
+            return []
+        if not isinstance(value, list):
+            self._error(name, f'Expected a list of items but got type "{type(value).__name__}".')
+            return []
+        if len(value) > max_length:
+            self._error(name, f"Ensure this field has no more than {max_length} elements.")
+            return []
+        out, bad = [], {}
+        for index, element in enumerate(value):
+            try:
+                out.append(self._as_uuid(element))
+            except (ValueError, AttributeError, TypeError):
+                bad[index] = ["Must be a valid UUID."]
+        if bad:
+            self.errors[name] = bad
+        return out
+
+    def response(self) -> Response | None:
+        return Response(self.errors, status=status.HTTP_400_BAD_REQUEST) if self.errors else None
+
+
 class NextItemApi(AnnotatorApi):
     class Input(serializers.Serializer):
         exclude = serializers.ListField(child=serializers.UUIDField(), required=False, default=list, max_length=50)
@@ -229,11 +326,13 @@ class NextItemApi(AnnotatorApi):
     def post(self, request, study_id):
         membership = _membership(request, study_id)
         study = membership.study
-        data = self.Input(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = HotInput(request.data)
+        exclude = data.uuid_list("exclude", 50)
+        if (invalid := data.response()) is not None:
+            return invalid
         try:
             lease = annotation.assignment_next(study=study, annotator=request.user, membership=membership,
-                                               exclude=data.validated_data["exclude"])
+                                               exclude=exclude)
         except annotation.AnnotationError as exc:
             return error_response(exc)
         progress = annotation.progress_of(membership)
@@ -257,12 +356,16 @@ class SubmitApi(AnnotatorApi):
         "progress": serializers.DictField()})})
     def post(self, request, study_id):
         membership = _membership(request, study_id)
-        data = self.Input(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = HotInput(request.data)
+        fields = {"item_public_id": data.uuid_field("item"), "client_id": data.uuid_field("client_id"),
+                  "choice": data.text("choice", 16), "score": data.integer("score"),
+                  "reason": data.text("reason", 64, required=False),
+                  "time_spent_ms": data.integer("time_spent_ms", low=0, high=HotInput.MAX_SPENT_MS)}
+        if (invalid := data.response()) is not None:
+            return invalid
         try:
-            fields = dict(data.validated_data)
             result = annotation.judgment_submit(study=membership.study, annotator=request.user,
-                                                membership=membership, item_public_id=fields.pop("item"), **fields)
+                                                membership=membership, **fields)
         except annotation.AnnotationError as exc:
             return error_response(exc)
         return Response(

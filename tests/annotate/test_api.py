@@ -279,3 +279,47 @@ def test_token_request_reads_user_and_membership_in_one_statement(django_assert_
     api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=outsider).key}")
     assert api.get(reverse("api-progress", args=[study.public_id])).status_code == 404
     assert api.post(next_url(study), {}, format="json").status_code == 404
+
+
+HOT_BODIES = [
+    {"item": str(uuid.uuid4()), "client_id": str(uuid.uuid4()), "choice": "left", "time_spent_ms": 1200},
+    {"item": str(uuid.uuid4()), "client_id": str(uuid.uuid4()), "choice": " tie ", "reason": "both_good",
+     "score": "3", "time_spent_ms": " 12 "},
+    {"item": "nope", "client_id": 7, "choice": "", "score": 1.5, "time_spent_ms": -1},
+    {"item": None, "choice": None, "reason": None, "score": True, "time_spent_ms": 24 * 3600 * 1000 + 1},
+    {"choice": "x" * 17, "reason": "y" * 65, "score": None, "time_spent_ms": None},
+    {"item": str(uuid.uuid4()), "client_id": str(uuid.uuid4()), "choice": ["left"], "reason": {"a": 1}, "score": 2.0},
+    {"item": uuid.uuid4().hex, "client_id": "{" + str(uuid.uuid4()) + "}", "choice": 1, "reason": 5},
+    {}, [], "text",
+]
+NEXT_BODIES = [{}, {"exclude": []}, {"exclude": [str(uuid.uuid4()), "bad", 5]}, {"exclude": "x"},
+               {"exclude": [str(uuid.uuid4())] * 51}, {"exclude": {"a": 1}}, [], None]
+
+
+@pytest.mark.parametrize("body", HOT_BODIES)
+def test_submit_validation_agrees_with_the_documented_serializer(body):
+    """The hot endpoints validate by hand (cheaper): same values, same errors, as the schema's serializers."""
+    from annotate.apis import HotInput, SubmitApi
+
+    serializer = SubmitApi.Input(data=body)
+    data = HotInput(body)
+    values = {"item": data.uuid_field("item"), "client_id": data.uuid_field("client_id"), "choice": data.text("choice", 16),
+              "score": data.integer("score"), "reason": data.text("reason", 64, required=False),
+              "time_spent_ms": data.integer("time_spent_ms", low=0, high=HotInput.MAX_SPENT_MS)}
+    if serializer.is_valid():
+        assert not data.errors and values == dict(serializer.validated_data)
+    else:
+        assert data.errors == serializer.errors
+
+
+@pytest.mark.parametrize("body", NEXT_BODIES)
+def test_next_validation_agrees_with_the_documented_serializer(body):
+    from annotate.apis import HotInput, NextItemApi
+
+    serializer = NextItemApi.Input(data=body)
+    data = HotInput(body)
+    exclude = data.uuid_list("exclude", 50)
+    if serializer.is_valid():
+        assert not data.errors and exclude == serializer.validated_data["exclude"]
+    else:
+        assert data.errors == serializer.errors
