@@ -125,6 +125,7 @@ def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), n
         raise StudyNotOpen("this study is not open")
     membership = _active_membership(study, annotator, membership)
     _release_lapsed_now_and_then(now)
+    queue_sql.plans_refresh_now_and_then()
     new = True
     if study.items_per_annotator is not None:
         in_hand = queue_sql.open_lease_count(study=study, annotator=annotator)

@@ -6,6 +6,7 @@ instances carrying only what the caller uses.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
@@ -101,6 +102,26 @@ MEMBERSHIP_COLUMNS = ", ".join([f"m.{f}" for f in _MEMBERSHIP_FIELDS] + [f"s.{f}
 MEMBERSHIP_JOIN = f"{MEMBERSHIP} m JOIN {Study._meta.db_table} s ON s.id = m.study_id"
 
 
+# PostgreSQL keeps a generic plan per prepared statement for the connection's life. One made
+# while a study's tables were nearly empty (a new deployment) chooses sequential scans that
+# get slower as the tables grow, and without autovacuum's ANALYZE nothing replaces it: the
+# hot path drops its prepared statements now and then so they are planned again as they are.
+PLANS_MAX_AGE_S = 30.0
+
+
+def plans_refresh_now_and_then() -> None:
+    if connection.vendor != "postgresql" or connection.connection is None or connection.in_atomic_block:
+        return
+    raw, born = getattr(connection, "_calibra_plans", (None, 0.0))
+    now = time.monotonic()
+    if raw is not connection.connection:
+        connection._calibra_plans = (connection.connection, now)
+    elif now - born >= PLANS_MAX_AGE_S:
+        with connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")  # psycopg sees it and forgets its own names too
+        connection._calibra_plans = (raw, now)
+
+
 def membership_from_row(values, annotator) -> StudyMembership | None:
     """A membership with its study from the MEMBERSHIP_COLUMNS of a row (None when absent)."""
     if values[0] is None:
@@ -165,9 +186,9 @@ def _candidate_sql(*, band: int, after_start: bool, passed_over: list[int]) -> t
             f" WHERE i.study_id = %(study)s AND i.taken = {int(band)}"
             f" AND i.rank {'>=' if after_start else '<'} %(start)s{skip_passed}"
             f" AND NOT EXISTS (SELECT 1 FROM {JUDGMENT} j WHERE j.item_id = i.id AND j.annotator_id = %(annotator)s)"
-            f" AND NOT EXISTS (SELECT 1 FROM {SKIP} k WHERE k.item_id = i.id AND k.annotator_id = %(annotator)s)"
             f" AND NOT EXISTS (SELECT 1 FROM {LEASE} m WHERE m.item_id = i.id AND m.annotator_id = %(annotator)s"
             f"                 AND m.state = 'active')"
+            f" AND NOT EXISTS (SELECT 1 FROM {SKIP} k WHERE k.item_id = i.id AND k.annotator_id = %(annotator)s)"
             f" ORDER BY i.rank LIMIT 1{lock}"), dict(zip(names, passed_over))
 
 

@@ -310,3 +310,36 @@ def test_random_order_walks_by_rank_from_the_annotators_start_whatever_is_taken(
     assert assignment_next(study=study, annotator=user).item_id == second.pk  # least rank from the start
     StudyItem.objects.filter(pk__in=[first.pk, last.pk]).update(taken=3, judgment_count=3)
     assert assignment_next(study=study, annotator=user, exclude=[second.public_id]).item_id == wrapped.pk
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_hot_path_drops_its_prepared_plans_now_and_then(monkeypatch):
+    """Plans made while the tables were small are replaced: every PLANS_MAX_AGE_S the
+    connection's prepared statements go, and the next requests prepare them afresh."""
+    from django.db import connection
+
+    from annotate.services import queue_sql
+
+    users = annotators(1)
+    study = open_pairwise(members=users, prompts=8, per_prompt=1, redundancy=1)
+
+    def prepared() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+            return cursor.fetchone()[0]
+
+    def work(n):
+        for _ in range(n):
+            lease = assignment_next(study=study, annotator=users[0])
+            answer(study, users[0], lease)
+
+    connection._calibra_plans = (None, 0.0)
+    work(6)  # prepared after 5 runs (prepare_threshold)
+    assert prepared() > 0
+    monkeypatch.setattr(queue_sql, "PLANS_MAX_AGE_S", 0.0)
+    queue_sql.plans_refresh_now_and_then()
+    assert prepared() == 0
+    monkeypatch.setattr(queue_sql, "PLANS_MAX_AGE_S", 3600.0)
+    work(2)  # psycopg forgot its names too: no "prepared statement does not exist"
+    assert Judgment.objects.count() == 8
