@@ -150,3 +150,43 @@ def test_scoring_task_is_registered_for_the_gpu_queue():
     assert "workers.tasks.scoring_job_run" in app.tasks
     route = app.amqp.router.route({}, "workers.tasks.scoring_job_run")
     assert route["queue"].name == "gpu"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_row_writer_writes_in_order_on_its_own_thread_and_reports_its_errors(monkeypatch):
+    from workers import scoring
+
+    written = []
+    monkeypatch.setattr(scoring, "_write", lambda job_id, rows, done: written.append((job_id, rows, done)))
+    with scoring._RowWriter(7) as writer:
+        assert writer.thread is not None  # outside a transaction: a thread of its own
+        for done in (2, 4, 6):
+            writer.write([done], done)
+    assert written == [(7, [2], 2), (7, [4], 4), (7, [6], 6)]
+
+    def broken(job_id, rows, done):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(scoring, "_write", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with scoring._RowWriter(7) as writer:
+            writer.write([1], 1)
+
+
+def test_prefetch_decodes_same_size_batches_into_one_buffer_and_others_as_arrays(tmp_path):
+    import torch
+
+    from workers.scoring import _prefetch, _Todo
+
+    names = []
+    for k, side in enumerate((24, 24, 24, 16)):
+        buf = io.BytesIO()
+        PILImage.new("RGB", (side, side), (10 * k, 20, 30)).save(buf, "PNG")
+        names.append(default_storage.save(f"prefetch/{k}.png", ContentFile(buf.getvalue())))
+    todo = [_Todo(k, name, 1, True, False, (24, 24)) for k, name in enumerate(names)]
+    batches = list(_prefetch(todo, batch_size=2, decoders=2))
+    first, second = batches[0][1], batches[1][1]
+    assert isinstance(first, torch.Tensor) and first.shape == (2, 24, 24, 3) and first[1, 0, 0, 0].item() == 10
+    # The last file is not the size its row records: that batch comes as arrays, in order.
+    assert isinstance(second, list) and [a.shape for a in second] == [(24, 24, 3), (16, 16, 3)]
+    assert second[0][0, 0, 0] == 20 and second[1][0, 0, 0] == 30

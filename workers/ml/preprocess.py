@@ -87,19 +87,36 @@ def to_uint8_batch(images: list) -> list[np.ndarray]:
     return out
 
 
-def preprocess(images: list[np.ndarray], spec: PreprocessSpec, *, device, dtype) -> torch.Tensor:
-    """A batch of HxWx3 uint8 images (sizes may differ) -> normalised (N, 3, H, W) pixels on
-    ``device``. Images of one size are resized together; the order is kept."""
-    if not images:
+def uint8_batch(images: list[np.ndarray], *, pin: bool = False) -> torch.Tensor | None:
+    """Images of one size as one (N, H, W, 3) uint8 tensor, in page-locked memory when ``pin``
+    (so that the copy to the GPU is asynchronous and fast); None when their sizes differ.
+    Worth doing off the device's thread: it copies the whole batch."""
+    if not images or any(img.shape != images[0].shape for img in images):
+        return None
+    batch = torch.from_numpy(np.stack(images))
+    return batch.pin_memory() if pin else batch
+
+
+def preprocess(images, spec: PreprocessSpec, *, device, dtype) -> torch.Tensor:
+    """A batch of HxWx3 uint8 images (sizes may differ), or one (N, H, W, 3) uint8 tensor ->
+    normalised (N, 3, H, W) pixels on ``device``. Images of one size are resized together;
+    the order is kept."""
+    if len(images) == 0:
         raise ValueError("no images to preprocess")
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, img in enumerate(images):
-        by_shape.setdefault(img.shape[:2], []).append(i)
+    if isinstance(images, torch.Tensor):
+        by_shape[tuple(images.shape[1:3])] = list(range(images.shape[0]))
+    else:
+        for i, img in enumerate(images):
+            by_shape.setdefault(img.shape[:2], []).append(i)
     out: list[torch.Tensor | None] = [None] * len(images)
     for (h, w), idx in by_shape.items():
-        u8 = torch.from_numpy(np.stack([images[i] for i in idx])).to(device, non_blocking=True)
+        if isinstance(images, torch.Tensor):
+            u8 = images.to(device, non_blocking=True)
+        else:
+            u8 = torch.from_numpy(np.stack([images[i] for i in idx])).to(device, non_blocking=True)
         x = u8.permute(0, 3, 1, 2).float() / 255.0
         th, tw = _target_size(spec, h, w)
         if (th, tw) != (h, w):
@@ -111,6 +128,8 @@ def preprocess(images: list[np.ndarray], spec: PreprocessSpec, *, device, dtype)
             top, left = max(0, (th - ch) // 2), max(0, (tw - cw) // 2)
             x = x[:, :, top:top + ch, left:left + cw]
         x = ((x - mean) / std).to(dtype)
+        if len(by_shape) == 1:
+            return x
         for j, i in enumerate(idx):
             out[i] = x[j]
     return torch.stack(out)  # type: ignore[arg-type]

@@ -138,8 +138,11 @@ class RewardScorer:
         self.max_text_tokens = int(spec.config.get("max_text_tokens", 0)) or None
         self._torch = torch
 
-    def pixels(self, images: list) -> object:
-        return preprocess(to_uint8_batch(images), self.preprocess_spec, device=self.device, dtype=self.dtype)
+    def pixels(self, images) -> object:
+        """Model input from PIL images, HxWx3 uint8 arrays, or an (N, H, W, 3) uint8 tensor."""
+        if not isinstance(images, self._torch.Tensor):
+            images = to_uint8_batch(images)
+        return preprocess(images, self.preprocess_spec, device=self.device, dtype=self.dtype)
 
     def tokenize(self, texts: list[str]) -> tuple:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
@@ -150,7 +153,7 @@ class RewardScorer:
         """Per image, the scores of its prompt set's prompts (original first), as float64."""
         if len(images) != len(prompt_sets):
             raise ValueError(f"{len(images)} images but {len(prompt_sets)} prompt sets")
-        if not images:
+        if len(images) == 0:
             return []
         if any(len(s) == 0 for s in prompt_sets):
             raise ValueError("every prompt set needs at least the original prompt")
