@@ -129,7 +129,10 @@ class Checkpoint(models.Model):
         return self.name
 
 
-class GenerationJob(models.Model):
+class WorkerJob(models.Model):
+    """What the GPU workers' jobs share: a status, progress over images, the error of a failed
+    run, and who asked for it when."""
+
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
@@ -137,6 +140,27 @@ class GenerationJob(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total_images = models.PositiveIntegerField(default=0)
+    done_images = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-created_at"]
+
+    @property
+    def progress(self) -> float:
+        return self.done_images / self.total_images if self.total_images else 0.0
+
+
+class GenerationJob(WorkerJob):
     class DType(models.TextChoices):
         FLOAT32 = "float32"
         FLOAT16 = "float16"
@@ -152,19 +176,8 @@ class GenerationJob(models.Model):
     height = models.PositiveIntegerField(default=512)
     scheduler = models.CharField(max_length=64, blank=True)
     dtype = models.CharField(max_length=16, choices=DType.choices, default=DType.FLOAT16)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    total_images = models.PositiveIntegerField(default=0)
-    done_images = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(WorkerJob.Meta):
         constraints = [
             models.CheckConstraint(
                 condition=Q(done_images__lte=models.F("total_images")),
@@ -178,10 +191,6 @@ class GenerationJob(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.pk}: {self.checkpoint} on {self.dataset}"
-
-    @property
-    def progress(self) -> float:
-        return self.done_images / self.total_images if self.total_images else 0.0
 
 
 def image_upload_to(instance: "Image", filename: str) -> str:
@@ -318,11 +327,9 @@ class RewardScore(models.Model):
         ]
 
 
-class ScoringJob(models.Model):
+class ScoringJob(WorkerJob):
     """Score every image of a generation job, a checkpoint or a dataset with one reward model:
     raw, TextNorm, or both. Idempotent: a rerun scores only what is missing."""
-
-    Status = GenerationJob.Status
 
     reward_model = models.ForeignKey(RewardModel, on_delete=models.PROTECT, related_name="jobs")
     dataset = models.ForeignKey(
@@ -343,19 +350,8 @@ class ScoringJob(models.Model):
     scale = models.FloatField(default=1.0)
     temperature = models.FloatField(default=1.0)
     batch_size = models.PositiveIntegerField(default=64)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    total_images = models.PositiveIntegerField(default=0)
-    done_images = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(WorkerJob.Meta):
         constraints = [
             models.CheckConstraint(
                 condition=Q(dataset__isnull=False) | Q(checkpoint__isnull=False)
@@ -374,10 +370,6 @@ class ScoringJob(models.Model):
 
     def __str__(self) -> str:
         return f"scoring job {self.pk}: {self.reward_model}"
-
-    @property
-    def progress(self) -> float:
-        return self.done_images / self.total_images if self.total_images else 0.0
 
 
 class HumanLabel(models.Model):
