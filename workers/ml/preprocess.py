@@ -87,16 +87,6 @@ def to_uint8_batch(images: list) -> list[np.ndarray]:
     return out
 
 
-def uint8_batch(images: list[np.ndarray], *, pin: bool = False) -> torch.Tensor | None:
-    """Images of one size as one (N, H, W, 3) uint8 tensor, in page-locked memory when ``pin``
-    (so that the copy to the GPU is asynchronous and fast); None when their sizes differ.
-    Worth doing off the device's thread: it copies the whole batch."""
-    if not images or any(img.shape != images[0].shape for img in images):
-        return None
-    batch = torch.from_numpy(np.stack(images))
-    return batch.pin_memory() if pin else batch
-
-
 def preprocess(images, spec: PreprocessSpec, *, device, dtype) -> torch.Tensor:
     """A batch of HxWx3 uint8 images (sizes may differ), or one (N, H, W, 3) uint8 tensor ->
     normalised (N, 3, H, W) pixels on ``device``. Images of one size are resized together;
