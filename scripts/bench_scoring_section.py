@@ -233,19 +233,11 @@ def _django_ready() -> bool:
 
 
 def _setup_throwaway_django() -> None:
-    import django
-    from django.conf import settings
+    """The project's own embedded configuration (SQLite in WAL mode, local media) in a
+    temporary folder: the same set-up as scripts/bench_workers.py."""
+    from bench_workers import django_setup
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.test")
-    folder = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
-    settings.DATABASES["default"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(folder / "db.sqlite3")}
-    settings.MEDIA_ROOT = str(folder / "media")
-    settings.STORAGES = {**settings.STORAGES, "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(folder / "media")}}}
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    django_setup(Path(tempfile.mkdtemp(prefix="bench-scoring-")))
 
 
 def run(device: str, tiny: bool, db: bool | None = None) -> dict:
