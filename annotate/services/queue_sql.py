@@ -1,8 +1,10 @@
 """The SQL of the annotation hot paths (next item, submit), for PostgreSQL and SQLite.
 
-Each function is one statement. Callers hold the transaction; the locking clauses apply on
-PostgreSQL (SQLite serialises writers and has none). Results come back as light model
-instances carrying only what the caller uses.
+On PostgreSQL the common next and the common answer are one autocommitted statement each;
+rarer paths, and SQLite (which has no data-modifying CTEs), take a few statements in the
+caller's transaction. The locking clauses apply on PostgreSQL (SQLite serialises writers
+and has none). Results come back as light model instances carrying only what the caller
+uses.
 """
 from __future__ import annotations
 
