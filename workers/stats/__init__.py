@@ -1,0 +1,1 @@
+"""Pure statistics (numpy/scipy only; no Django, no torch)."""
