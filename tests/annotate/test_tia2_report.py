@@ -1,0 +1,74 @@
+import io
+import json
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+
+from annotate.models import ContrastivePromptSet, HumanLabel, Image, RewardModel, RewardScore
+
+SPEC = {  # SPEC.md section 1
+    "comprehensive": {"prompts": 100, "images": 5000, "missing": 133, "majority": 2361, "kappa": 0.614, "kept": 84},
+    "counting": {"prompts": 150, "images": 7500, "missing": 0, "majority": 3245, "kappa": 0.684, "kept": 146},
+    "composition": {"prompts": 300, "images": 15000, "missing": 1917, "majority": 5845, "kappa": 0.221, "kept": 295},
+}
+
+
+def report(*args) -> dict:
+    out = io.StringIO()
+    call_command("tia2_report", "--json", *args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_without_tia2_it_says_how_to_import(db):
+    with pytest.raises(CommandError, match="import_tia2"):
+        call_command("tia2_report", stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+def test_tia2_report_reproduces_the_spec_table_and_scores_reward_models(tia2_root):
+    call_command("import_tia2", str(tia2_root), stdout=io.StringIO())
+    got = {c["category"]: c for c in report()["categories"]}
+    for category, want in SPEC.items():
+        c = got[category]
+        assert (c["prompts"], c["images"], c["labels_missing"], c["majority_positive_images"]) == (
+            want["prompts"], want["images"], want["missing"], want["majority"])
+        assert round(c["fleiss_kappa"], 3) == want["kappa"]
+    assert report()["reward_models"] == []
+
+    # A reward that follows the human labels (with a little deterministic noise) on every image,
+    # and a TextNorm column on the counting images only.
+    model = RewardModel.objects.create(name="oracle", kind="clip", location="-")
+    labels = {}
+    for image_id, value in HumanLabel.objects.values_list("image_id", "value"):
+        labels[image_id] = labels.get(image_id, 0) + (value == 1)
+    rng = np.random.default_rng(0)
+    RewardScore.objects.bulk_create([
+        RewardScore(image_id=i, reward_model=model, variant="raw", value=n + 0.1 * rng.random())
+        for i, n in labels.items()], batch_size=5000)
+    counting = list(Image.objects.filter(prompt__category="counting").values_list("id", "prompt_id"))
+    sets = dict(ContrastivePromptSet.objects.filter(prompt__category="counting").values_list("prompt_id", "id"))
+    RewardScore.objects.bulk_create([
+        RewardScore(image_id=i, reward_model=model, variant="textnorm", prompt_set_id=sets[p], normalize="minmax",
+                    scale=1.0, value=float(rng.random())) for i, p in counting], batch_size=5000)
+
+    full = report("--per-prompt")
+    columns = {m["score"]: m for m in full["reward_models"]}
+    raw = columns["oracle raw"]
+    assert raw["images_scored"] == 27500
+    by_category = {c["category"]: c for c in raw["categories"]}
+    for category, want in SPEC.items():
+        c = by_category[category]
+        assert c["n_kept"] == want["kept"] and c["n_kept"] + c["n_dropped"] == want["prompts"]
+        assert c["means"]["oracle raw"]["auroc"] == pytest.approx(1.0)  # ranks by positive labels
+    textnorm = next(m for name, m in columns.items() if name.startswith("oracle textnorm"))
+    assert textnorm["images_scored"] == 7500
+    assert [c["category"] for c in textnorm["categories"]] == ["counting"]
+    assert 0.4 < textnorm["categories"][0]["means"][textnorm["score"]]["auroc"] < 0.6  # random scores
+    prompt = raw["prompts"][0]
+    assert prompt["text"] and 0.0 <= prompt["positive_rate"] <= 1.0
+    assert sum(not p["kept"] for p in raw["prompts"]) == 550 - 84 - 146 - 295
+
+    text = io.StringIO()
+    call_command("tia2_report", stdout=text)
+    assert "oracle raw" in text.getvalue() and "0.614" in text.getvalue() and "dropped" in text.getvalue()
