@@ -27,3 +27,11 @@ def demo_studies_create() -> int:
     from annotate.services.demo import demo_studies_create as create
 
     return len(create())
+
+
+@shared_task(name="workers.tasks.report_build", acks_late=True)
+def report_build(report_id: int) -> str:
+    """A study report's file (statistics and rendering on the CPU queue)."""
+    from annotate.services.reports import report_build as build
+
+    return build(report_id).file.name

@@ -1,0 +1,195 @@
+"""Study reports: the statistics of a study's judgments (workers.stats) as one plain dict,
+rendered as a self-contained HTML page (inline SVG, no network), CSV or JSON, and stored as
+a Report's file. Large studies are built by a Celery task (``report_request``); the
+``export_report`` command builds one in place."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+import numpy as np
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone as dj_timezone
+
+from annotate.models import Judgment, Report, Study
+from workers.stats.agreement import agreement_report, rating_matrix
+from workers.stats.pairwise import A_WINS, B_WINS, TIE, pairwise_report, wilson_interval
+
+DEFAULT_ROUNDS = 1000
+DEFAULT_SEED = 0
+
+
+class ReportError(Exception):
+    pass
+
+
+def _judgments(study: Study):
+    """All of the study's judgments with what the statistics need, and the exclusion counts."""
+    rows = list(Judgment.objects.filter(item__study=study).order_by("pk").values_list(
+        "item_id", "item__is_gold", "is_flagged", "annotator_id", "choice", "score", "a_on_left",
+        "item__prompt_id", "item__prompt__category", "item__image_a__checkpoint__name",
+        "item__image_b__checkpoint__name", "gold_correct"))
+    counted = [r for r in rows if not r[1] and not r[2]]
+    excluded = {"flagged_annotators": sum(1 for r in rows if r[2]),
+                "gold_items": sum(1 for r in rows if r[1] and not r[2])}
+    return rows, counted, excluded
+
+
+def _gold(rows) -> list[dict]:
+    per: dict = {}
+    for r in rows:
+        if r[1] and r[11] is not None:
+            n, ok = per.get(r[3], (0, 0))
+            per[r[3]] = (n + 1, ok + int(bool(r[11])))
+    return [{"annotator": a, "gold_answers": n, "gold_correct": ok, "accuracy": ok / n} for a, (n, ok) in per.items()]
+
+
+def _answer(row) -> str:
+    """The answer in the item's own terms: a / b / tie, or aligned / not_aligned."""
+    choice, score, a_on_left = row[4], row[5], row[6]
+    if choice == "tie":
+        return "tie"
+    if choice in ("left", "right"):
+        return "a" if (choice == "left") == a_on_left else "b"
+    if choice == "score":
+        return "aligned" if score >= 4 else "not_aligned" if score <= 2 else "unsure"
+    return choice
+
+
+def _agreement(counted) -> dict:
+    if not counted:
+        return {}
+    matrix = rating_matrix([r[0] for r in counted], [r[3] for r in counted], [_answer(r) for r in counted])
+    return agreement_report(matrix).to_dict()
+
+
+def _pairwise(study: Study, counted, rounds: int, seed: int) -> dict:
+    names = sorted({r[9] or "imported" for r in counted} | {r[10] or "imported" for r in counted})
+    index = {n: k for k, n in enumerate(names)}
+    model_a = np.array([index[r[9] or "imported"] for r in counted], dtype=np.int64)
+    model_b = np.array([index[r[10] or "imported"] for r in counted], dtype=np.int64)
+    outcome = np.array([{"a": A_WINS, "b": B_WINS, "tie": TIE}[_answer(r)] for r in counted], dtype=np.int64)
+    prompt = np.array([r[7] for r in counted], dtype=np.int64)
+    annotator = np.array([r[3] for r in counted], dtype=np.int64)
+    a_on_left = np.array([bool(r[6]) for r in counted])
+    out = pairwise_report(names, model_a, model_b, outcome, prompt, annotator, a_on_left, rounds=rounds,
+                          seed=seed)
+    categories = []
+    category_of = np.array([r[8] or "" for r in counted])
+    for category in sorted(set(category_of.tolist())):
+        mask = category_of == category
+        pairs = []
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                forward = mask & (model_a == i) & (model_b == j)
+                backward = mask & (model_a == j) & (model_b == i)
+                wins_i = int(((outcome == A_WINS) & forward).sum() + ((outcome == B_WINS) & backward).sum())
+                wins_j = int(((outcome == B_WINS) & forward).sum() + ((outcome == A_WINS) & backward).sum())
+                ties = int(((outcome == TIE) & (forward | backward)).sum())
+                n = wins_i + wins_j + ties
+                if n:
+                    low, high = wilson_interval(np.array([wins_i + ties / 2]), np.array([n]))
+                    pairs.append({"a": names[i], "b": names[j], "n": n, "wins_a": wins_i, "wins_b": wins_j,
+                                  "ties": ties, "win_rate_a": (wins_i + ties / 2) / n,
+                                  "wilson": [float(low[0]), float(high[0])]})
+        categories.append({"category": category or "(none)", "pairs": pairs})
+    out["categories"] = categories
+    return out
+
+
+def _rating(counted) -> dict:
+    """Per checkpoint: the share of its images judged aligned, with a Wilson interval."""
+    per: dict = {}
+    for r in counted:
+        answer = _answer(r)
+        if answer == "unsure":
+            continue
+        n, yes = per.get(r[9] or "imported", (0, 0))
+        per[r[9] or "imported"] = (n + 1, yes + (answer == "aligned"))
+    rows = []
+    for name, (n, yes) in sorted(per.items()):
+        low, high = wilson_interval(np.array([float(yes)]), np.array([float(n)]))
+        rows.append({"model": name, "n": n, "aligned": yes, "aligned_rate": yes / n,
+                     "wilson": [float(low[0]), float(high[0])]})
+    return {"checkpoints": rows}
+
+
+def study_report_data(*, study: Study, rounds: int = DEFAULT_ROUNDS, seed: int = DEFAULT_SEED) -> dict:
+    """Everything a report shows, with its inputs stated: study, judgments counted and
+    excluded (judgments of flagged annotators; answers on gold items), bootstrap rounds, seed."""
+    if rounds < 1:
+        raise ReportError(f"rounds: must be at least 1, not {rounds}")
+    rows, counted, excluded = _judgments(study)
+    data = {
+        "study": {"name": study.name, "public_id": str(study.public_id), "kind": study.kind,
+                  "status": study.status, "redundancy": study.redundancy, "items": study.items.count()},
+        "inputs": {"judgments": len(rows), "judgments_counted": len(counted), "excluded": excluded,
+                   "bootstrap_rounds": rounds, "seed": seed,
+                   "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "agreement": _agreement(counted),
+        "gold_accuracy": _gold(rows),
+    }
+    if study.kind == Study.Kind.PAIRWISE:
+        data["pairwise"] = _pairwise(study, counted, rounds, seed) if counted else None
+    else:
+        data["rating"] = _rating(counted)
+    return _finite(data)
+
+
+def _finite(value):
+    """JSON-ready: NaN and infinities as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
+
+
+def report_render(data: dict, fmt: str) -> bytes:
+    from annotate.services.report_render import render_csv, render_html, render_json
+
+    renderers = {Report.Format.HTML: render_html, Report.Format.CSV: render_csv, Report.Format.JSON: render_json}
+    if fmt not in renderers:
+        raise ReportError(f"format: must be one of {', '.join(renderers)}, not {fmt!r}")
+    return renderers[fmt](data).encode()
+
+
+@transaction.atomic
+def report_request(*, study: Study, fmt: str, rounds: int = DEFAULT_ROUNDS, seed: int = DEFAULT_SEED,
+                   created_by=None, enqueue: bool = True) -> Report:
+    if fmt not in Report.Format.values:
+        raise ReportError(f"format: must be one of {', '.join(Report.Format.values)}, not {fmt!r}")
+    if rounds < 1:
+        raise ReportError(f"rounds: must be at least 1, not {rounds}")
+    report = Report.objects.create(study=study, format=fmt, params={"rounds": rounds, "seed": seed},
+                                   created_by=created_by)
+    if enqueue:
+        from workers.tasks import report_build
+
+        transaction.on_commit(lambda: report_build.delay(report.id))
+    return report
+
+
+def report_build(report_id: int) -> Report:
+    """Compute and store a report's file; a failure is recorded on the report and raised."""
+    report = Report.objects.select_related("study").get(pk=report_id)
+    Report.objects.filter(pk=report.pk).update(status=Report.Status.RUNNING, error="")
+    try:
+        data = study_report_data(study=report.study, rounds=int(report.params.get("rounds", DEFAULT_ROUNDS)),
+                                 seed=int(report.params.get("seed", DEFAULT_SEED)))
+        content = report_render(data, report.format)
+        name = f"reports/{report.study.public_id}/report-{report.pk}.{report.format}"
+        report.file.save(name, ContentFile(content), save=False)
+    except Exception as exc:
+        Report.objects.filter(pk=report.pk).update(status=Report.Status.FAILED, error=f"{type(exc).__name__}: {exc}",
+                                                   finished_at=dj_timezone.now())
+        raise
+    Report.objects.filter(pk=report.pk).update(status=Report.Status.SUCCEEDED, file=report.file.name,
+                                               finished_at=dj_timezone.now())
+    report.refresh_from_db()
+    return report

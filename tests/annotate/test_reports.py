@@ -1,0 +1,119 @@
+import csv
+import io
+import json
+import re
+import uuid
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from annotate.models import Judgment, Report
+from annotate.services.annotation import assignment_next, judgment_submit
+from annotate.services.reports import ReportError, report_request, study_report_data
+from tests.factories import annotators, open_pairwise, open_rating
+
+pytestmark = pytest.mark.django_db
+
+
+def answer_all(study, users, pick):
+    """Every annotator answers every item they get; ``pick(item, a_is_left)`` -> left/right/tie."""
+    for user in users:
+        while (lease := assignment_next(study=study, annotator=user)) is not None:
+            item = lease.item
+            choice = pick(item, lease.a_on_left)
+            judgment_submit(study=study, annotator=user, item_public_id=item.public_id, client_id=uuid.uuid4(),
+                            choice=choice, score=4 if choice == "score" else None)
+
+
+def alpha_wins(item, a_is_left):
+    """alpha-ckpt's image wins, wherever it was shown (image a is alpha's when its checkpoint is)."""
+    a_is_alpha = item.__class__.objects.select_related("image_a__checkpoint").get(pk=item.pk) \
+        .image_a.checkpoint.name == "alpha-ckpt"
+    return "left" if a_is_alpha == a_is_left else "right"
+
+
+def test_pairwise_report_counts_in_the_items_terms_and_states_its_inputs():
+    users = annotators(3)
+    study = open_pairwise(members=users, prompts=6, per_prompt=2, redundancy=3)  # 12 items
+    answer_all(study, users, alpha_wins)
+    flagged = Judgment.objects.filter(annotator=users[2])
+    flagged.update(is_flagged=True, flag_reason="test")
+    data = study_report_data(study=study, rounds=200, seed=7)
+    assert data["inputs"] == {**data["inputs"], "judgments": 36, "judgments_counted": 24, "bootstrap_rounds": 200,
+                              "seed": 7, "excluded": {"flagged_annotators": 12, "gold_items": 0}}
+    pair = data["pairwise"]["pairs"][0]
+    assert (pair["a"], pair["b"], pair["n"], pair["wins_a"], pair["wins_b"], pair["ties"]) == (
+        "alpha-ckpt", "beta-ckpt", 24, 24, 0, 0)
+    assert pair["win_rate_a"] == 1.0 and pair["wilson"][1] == pytest.approx(1.0)
+    ratings = {r["model"]: r for r in data["pairwise"]["bradley_terry"]["ratings"]}
+    assert ratings["alpha-ckpt"]["rank"] == 1 and ratings["alpha-ckpt"]["status"] != "ok"  # never lost: flagged
+    # Everyone picks alpha's image, which is A on some items and B on others: perfect agreement.
+    assert data["agreement"]["fleiss_kappa"]["value"] == pytest.approx(1.0)
+    json.dumps(data)  # JSON-ready: no NaN or numpy types
+    again = study_report_data(study=study, rounds=200, seed=7)
+    for d in (data, again):
+        d["inputs"].pop("generated_at")
+    assert again == data  # same seed, same figures
+
+
+def test_report_formats_are_self_contained_and_agree():
+    users = annotators(2)
+    study = open_pairwise(members=users, prompts=4, per_prompt=2, redundancy=2)
+    answer_all(study, users, lambda item, a_left: "tie" if item.pk % 3 == 0 else "left")
+    from annotate.services.reports import report_render
+
+    data = study_report_data(study=study, rounds=100)
+    html = report_render(data, "html").decode()
+    assert "<svg" in html and "Bradley-Terry" in html and "Position bias" in html
+    assert not re.search(r"(src|href)=|https?://|@import|url\(", html)  # nothing is fetched
+    assert "alpha-ckpt" in html and "<script" not in html
+    rows = list(csv.reader(io.StringIO(report_render(data, "csv").decode())))
+    header = rows.index(["a", "b", "n", "wins_a", "wins_b", "ties", "win_rate_a", "wilson_low", "wilson_high",
+                         "prompt_bootstrap_low", "prompt_bootstrap_high", "sign_test_p", "holm_p"])
+    pair = data["pairwise"]["pairs"][0]
+    assert rows[header + 1][:6] == [pair["a"], pair["b"], str(pair["n"]), str(pair["wins_a"]),
+                                    str(pair["wins_b"]), str(pair["ties"])]
+    assert json.loads(report_render(data, "json")) == data
+    with pytest.raises(ReportError, match="format"):
+        report_render(data, "pdf")
+
+
+def test_rating_report_gives_each_checkpoints_aligned_rate():
+    users = annotators(2)
+    study = open_rating(members=users, prompts=3, per_prompt=1, redundancy=2)  # 6 items
+    answer_all(study, users, lambda item, a_left: "aligned" if item.image_a.checkpoint.name == "alpha-ckpt"
+               else "not_aligned")
+    data = study_report_data(study=study, rounds=10)
+    rates = {r["model"]: r["aligned_rate"] for r in data["rating"]["checkpoints"]}
+    assert rates == {"alpha-ckpt": 1.0, "beta-ckpt": 0.0}
+    assert "<svg" in __import__("annotate.services.reports", fromlist=["x"]).report_render(data, "html").decode()
+
+
+def test_a_requested_report_is_built_by_the_task_and_stored(django_capture_on_commit_callbacks):
+    users = annotators(2)
+    study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)
+    answer_all(study, users, alpha_wins)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = report_request(study=study, fmt="json", rounds=50)
+    report.refresh_from_db()
+    assert report.status == Report.Status.SUCCEEDED and report.finished_at is not None
+    with report.file.open("rb") as fh:
+        stored = json.loads(fh.read())
+    assert stored["inputs"]["judgments_counted"] == 6 and stored["inputs"]["bootstrap_rounds"] == 50
+    with pytest.raises(ReportError, match="rounds"):
+        report_request(study=study, fmt="json", rounds=0)
+
+
+def test_export_report_command_writes_the_file(tmp_path):
+    users = annotators(2)
+    study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)
+    answer_all(study, users, alpha_wins)
+    out = tmp_path / "r.html"
+    call_command("export_report", str(study.public_id), "--format", "html", "--out", str(out), "--rounds", "50",
+                 stderr=io.StringIO())
+    assert "<svg" in out.read_text()
+    call_command("export_report", study.name, "--format", "csv", "--out", str(tmp_path / "r.csv"), "--rounds", "20",
+                 stderr=io.StringIO())
+    assert (tmp_path / "r.csv").read_text().startswith("study,kind,")
+    with pytest.raises(CommandError, match="no study"):
+        call_command("export_report", "nope", "--out", str(out))
