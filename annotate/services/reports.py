@@ -4,7 +4,6 @@ a Report's file. Large studies are built by a Celery task (``report_request``); 
 ``export_report`` command builds one in place."""
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 
 import numpy as np
@@ -14,7 +13,7 @@ from django.utils import timezone as dj_timezone
 
 from annotate.models import Judgment, Report, Study
 from workers.stats.agreement import agreement_report, rating_matrix
-from workers.stats.pairwise import A_WINS, B_WINS, TIE, pairwise_report, wilson_interval
+from workers.stats.pairwise import A_WINS, B_WINS, TIE, json_ready, pairwise_report, wilson_interval
 
 DEFAULT_ROUNDS = 1000
 DEFAULT_SEED = 0
@@ -134,20 +133,7 @@ def study_report_data(*, study: Study, rounds: int = DEFAULT_ROUNDS, seed: int =
         data["pairwise"] = _pairwise(study, counted, rounds, seed) if counted else None
     else:
         data["rating"] = _rating(counted)
-    return _finite(data)
-
-
-def _finite(value):
-    """JSON-ready: NaN and infinities as null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
+    return json_ready(data)
 
 
 def report_render(data: dict, fmt: str) -> bytes:

@@ -388,14 +388,14 @@ def _interval(samples: np.ndarray, confidence: float):
 # ----------------------------------------------------------------------------------------------
 
 
-def _clean(x):
+def json_ready(x):
     """Numpy -> plain Python, NaN/inf -> None (valid JSON)."""
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_ready(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
+        return json_ready(x.tolist())
     if isinstance(x, (np.bool_,)):
         return bool(x)
     if isinstance(x, (np.integer,)):
@@ -516,7 +516,7 @@ def pairwise_report(models: Sequence[str], model_a, model_b, outcome, prompt, an
                        bootstrap_prompt_s=t_prompt - t_fit, bootstrap_annotator_s=t_ann - t_prompt,
                        bootstrap_vote_s=t_vote - t_ann, total_s=t_end - t0)
 
-    return _clean({
+    return json_ready({
         "inputs": {"judgments": bt.n, "models": list(models), "rounds": rounds, "seed": seed,
                    "confidence": confidence,
                    "prompts": int(np.unique(bt.prompt).size) if bt.prompt is not None else None,
