@@ -417,3 +417,46 @@ class ProgressApi(AnnotatorApi):
         "target": serializers.IntegerField()}))
     def get(self, request, study_id):
         return Response(annotation.progress_of(_membership(request, study_id)))
+
+
+# --- streaming judgment exports (appended) -------------------------------------------------
+
+from django.http import StreamingHttpResponse  # noqa: E402
+from drf_spectacular.types import OpenApiTypes  # noqa: E402
+from rest_framework.negotiation import BaseContentNegotiation  # noqa: E402
+
+from annotate.services import exports  # noqa: E402
+
+
+class _FirstRendererNegotiation(BaseContentNegotiation):
+    """Errors are JSON whatever the client accepts; the export itself is a streamed file."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class StudyJudgmentsStreamApi(APIView):
+    """The study's judgments as one CSV or JSON Lines file, streamed with constant memory.
+
+    Same columns as the paginated export, in judgment id order; researchers only."""
+
+    permission_classes = [IsResearcher]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _FirstRendererNegotiation
+
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR},
+        description="CSV (header row) or JSON Lines, one judgment per row, columns as in the paginated "
+                    "export: " + ", ".join(exports.COLUMNS),
+    )
+    def get(self, request, study_id: int, fmt: str):
+        study = get_object_or_404(Study, pk=study_id)
+        response = StreamingHttpResponse(exports.judgments_export_chunks(study=study, fmt=fmt),
+                                         content_type=exports.CONTENT_TYPES[fmt])
+        filename = exports.export_filename(study=study, fmt=fmt)
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Cache-Control"] = "no-store"
+        return response
