@@ -460,3 +460,82 @@ class StudyJudgmentsStreamApi(APIView):
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         response["Cache-Control"] = "no-store"
         return response
+
+
+# --- reports (researchers) ------------------------------------------------------------------
+
+from django.http import FileResponse  # noqa: E402
+from django.urls import reverse  # noqa: E402
+from django.utils.text import slugify  # noqa: E402
+
+from annotate.models import Report  # noqa: E402
+from annotate.services import reports  # noqa: E402
+
+
+class ReportOutput(serializers.ModelSerializer):
+    study = serializers.SlugRelatedField(slug_field="public_id", read_only=True)
+    download = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Report
+        fields = ["id", "study", "format", "status", "params", "error", "created_at", "finished_at", "download"]
+
+    def get_download(self, report) -> str | None:
+        if report.status != Report.Status.SUCCEEDED:
+            return None
+        return reverse("api-report-download", args=[report.pk])
+
+
+class StudyReportsApi(APIView):
+    """A study's reports: ask for one (built by a worker; poll its status), or list them."""
+
+    permission_classes = [IsResearcher]
+
+    class Input(serializers.Serializer):
+        format = serializers.ChoiceField(choices=Report.Format.choices, default=Report.Format.HTML)
+        rounds = serializers.IntegerField(min_value=1, max_value=100_000, default=reports.DEFAULT_ROUNDS)
+        seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=reports.DEFAULT_SEED)
+
+    @extend_schema(request=Input, responses={202: ReportOutput})
+    def post(self, request, study_id: int):
+        study = get_object_or_404(Study, pk=study_id)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            report = reports.report_request(study=study, fmt=data.validated_data["format"],
+                                            rounds=data.validated_data["rounds"], seed=data.validated_data["seed"],
+                                            created_by=request.user)
+        except reports.ReportError as exc:
+            return error_response(exc)
+        return Response(ReportOutput(report).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=ReportOutput(many=True))
+    def get(self, request, study_id: int):
+        study = get_object_or_404(Study, pk=study_id)
+        return Response(ReportOutput(study.reports.all()[:50], many=True).data)
+
+
+class ReportDetailApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=ReportOutput)
+    def get(self, request, report_id: int):
+        return Response(ReportOutput(get_object_or_404(Report, pk=report_id)).data)
+
+
+REPORT_CONTENT_TYPES = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8",
+                        "json": "application/json"}
+
+
+class ReportDownloadApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request, report_id: int):
+        report = get_object_or_404(Report, pk=report_id)
+        if report.status != Report.Status.SUCCEEDED or not report.file:
+            return Response({"error": "not_ready", "detail": f"the report is {report.status}"},
+                            status=status.HTTP_409_CONFLICT)
+        name = f"{slugify(report.study.name) or 'study'}-report-{report.pk}.{report.format}"
+        return FileResponse(report.file.open("rb"), as_attachment=True, filename=name,
+                            content_type=REPORT_CONTENT_TYPES[report.format])

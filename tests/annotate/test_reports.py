@@ -117,3 +117,39 @@ def test_export_report_command_writes_the_file(tmp_path):
     assert (tmp_path / "r.csv").read_text().startswith("study,kind,")
     with pytest.raises(CommandError, match="no study"):
         call_command("export_report", "nope", "--out", str(out))
+
+
+def test_researchers_ask_for_a_report_and_download_it_annotators_cannot(django_capture_on_commit_callbacks):
+    from rest_framework.test import APIClient
+
+    from annotate.roles import RESEARCHERS
+    from annotate.services.accounts import user_create_with_role
+
+    users = annotators(2)
+    study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)
+    answer_all(study, users, alpha_wins)
+    researcher = user_create_with_role(username="res", password="res-pass-123", role=RESEARCHERS)
+    api, member = APIClient(), APIClient()
+    api.force_authenticate(researcher)
+    member.force_authenticate(users[0])
+    url = f"/api/studies/{study.pk}/reports/"
+    assert member.post(url, {"format": "csv"}, format="json").status_code == 403
+    assert APIClient().post(url, {"format": "csv"}, format="json").status_code in (401, 403)
+    assert api.post(url, {"format": "pdf"}, format="json").status_code == 400
+    with django_capture_on_commit_callbacks(execute=True):
+        made = api.post(url, {"format": "csv", "rounds": 30, "seed": 3}, format="json")
+    assert made.status_code == 202
+    report = api.get(f"/api/reports/{made.json()['id']}/").json()
+    assert report["status"] == "succeeded" and report["params"] == {"rounds": 30, "seed": 3}
+    download = api.get(report["download"])
+    assert download.status_code == 200 and download["Content-Type"].startswith("text/csv")
+    assert b"".join(download.streaming_content).decode().startswith("study,kind,")
+    assert member.get(report["download"]).status_code == 403
+    assert member.get(f"/api/reports/{report['id']}/").status_code == 403
+    assert [r["id"] for r in api.get(url).json()] == [report["id"]]
+    queued = reports_queued(study)
+    assert api.get(f"/api/reports/{queued.pk}/download").status_code == 409  # not built yet
+
+
+def reports_queued(study):
+    return report_request(study=study, fmt="html", enqueue=False)
