@@ -266,3 +266,29 @@ def test_empty_inputs():
     assert cohen_kappa([], []).reason == UNDEFINED_NO_SHARED
     with pytest.raises(ValueError):
         fleiss_kappa([[1, -1]])
+
+
+def test_all_pairs_cohen_and_leave_one_out_equal_their_one_pair_definitions_on_random_data():
+    import math
+
+    import numpy as np
+
+    from workers.stats import agreement as ag
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 3, (7, 40))
+    codes[rng.random(codes.shape) < 0.4] = ag.MISSING
+    pairs = ag.pairwise_cohen_kappa(codes)
+    for (x, y), coef in pairs.items():
+        one = ag.cohen_kappa(codes[x], codes[y], 3)
+        assert coef.n_items == one.n_items
+        assert (math.isnan(coef.value) and math.isnan(one.value)) or math.isclose(coef.value, one.value, abs_tol=1e-12)
+    for a, row in enumerate(ag.leave_one_out_majority(codes)):
+        rated = np.nonzero(codes[a] != ag.MISSING)[0]
+        agree = compared = 0
+        for i in rated:
+            others = np.bincount(np.delete(codes[:, i], a)[np.delete(codes[:, i], a) != ag.MISSING], minlength=3)
+            if others.sum() >= 1 and (others == others.max()).sum() == 1:
+                compared += 1
+                agree += int(others.argmax() == codes[a, i])
+        assert (row.n_rated, row.n_compared, row.n_agree) == (len(rated), compared, agree)
