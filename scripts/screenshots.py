@@ -1,6 +1,7 @@
 """Take the README's screenshots from a running demo (make demo), with Debian's Chromium.
 
     python scripts/screenshots.py [--base http://127.0.0.1:8000] [--out docs/img]
+    python scripts/screenshots.py --report /tmp/demo-report.html   # after scripts/demo_report.py
 """
 import argparse
 import os
@@ -14,12 +15,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", default="http://127.0.0.1:8000")
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    parser.add_argument("--report", type=Path, help="only the picture of this report file (report.png)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     chromium = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-quic"])
+        if args.report:
+            page = browser.new_page(viewport={"width": 1040, "height": 1400})
+            page.goto(args.report.resolve().as_uri())
+            page.screenshot(path=args.out / "report.png")
+            browser.close()
+            return
         page = browser.new_page(viewport={"width": 1100, "height": 640})
         page.goto(f"{args.base}/accounts/login/")
         page.fill("#id_username", "researcher")

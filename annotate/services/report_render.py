@@ -87,7 +87,7 @@ def _colour(rate: float | None) -> str:
 def win_rate_matrix_svg(models: list[str], matrix: list[list]) -> str:
     """Row model's win rate against the column model (ties one half)."""
     cell, left, top = 64, 160, 120
-    size_w, size_h = left + cell * len(models) + 10, top + cell * len(models) + 10
+    size_w, size_h = left + cell * len(models) + 90, top + cell * len(models) + 10
     parts = [f'<svg role="img" width="{size_w}" height="{size_h}" '
              f'aria-label="Win-rate matrix: the row checkpoint\'s win rate against the column checkpoint">']
     for j, name in enumerate(models):
