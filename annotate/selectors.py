@@ -6,12 +6,24 @@ from django.db.models import Count, QuerySet
 from django.urls import get_script_prefix, reverse
 
 from annotate.models import (
-    Assignment, Dataset, GenerationJob, Image, Judgment, Prompt, Study, StudyItem, StudyMembership,
+    Assignment, Dataset, GenerationJob, Image, Judgment, Prompt, Report, Study, StudyItem, StudyMembership,
 )
 
 
 def dataset_list_with_counts() -> QuerySet[Dataset]:
     return Dataset.objects.annotate(n_prompts=Count("prompts", distinct=True)).order_by("name")
+
+
+def study_list_with_reports(*, limit: int = 50, reports_per_study: int = 3) -> list[Study]:
+    """The latest studies, each with ``recent_reports``: its last few reports (one query for all)."""
+    studies = list(Study.objects.order_by("-created_at")[:limit])
+    recent: dict[int, list] = {}
+    for report in Report.objects.filter(study__in=studies).order_by("-created_at"):
+        if len(recent.setdefault(report.study_id, [])) < reports_per_study:
+            recent[report.study_id].append(report)
+    for study in studies:
+        study.recent_reports = recent.get(study.pk, [])
+    return studies
 
 
 def generation_job_list(*, limit: int = 50) -> QuerySet[GenerationJob]:

@@ -33,6 +33,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset-detail"),
+    path("studies/<int:study_id>/reports/", views.study_report_request, name="study-report-request"),
     path("annotate/<uuid:study_id>/", views.annotate_study, name="annotate-study"),
     path("annotate/<uuid:study_id>/items/<uuid:item_id>/<str:slot>.jpg", views.annotate_image,
          name="annotate-image"),

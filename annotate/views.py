@@ -11,10 +11,12 @@ from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
 
 from annotate import selectors
-from annotate.models import Dataset, Study
+from annotate.models import Dataset, Report, Study
 from annotate.roles import is_researcher
 from annotate.services.annotation import progress_of
 from annotate.services.studies import StudyError, crowd_worker_join
@@ -37,12 +39,28 @@ def home(request):
         context = {
             "datasets": selectors.dataset_list_with_counts(),
             "jobs": selectors.generation_job_list(),
+            "studies": selectors.study_list_with_reports(),
+            "report_formats": Report.Format.choices,
         }
         return render(request, "annotate/researcher_home.html", context)
     studies = []
     if request.user.is_authenticated:
         studies = [(m.study, progress_of(m)) for m in selectors.annotator_open_memberships(annotator=request.user)]
     return render(request, "annotate/home.html", {"studies": studies})
+
+
+@require_POST
+@researcher_required
+def study_report_request(request, study_id: int):
+    """Ask a worker for a study's report; the overview lists it with its download link."""
+    from annotate.services.reports import ReportError, report_request
+
+    study = get_object_or_404(Study, pk=study_id)
+    try:
+        report_request(study=study, fmt=request.POST.get("format", ""), created_by=request.user)
+    except ReportError as exc:
+        return render(request, "annotate/researcher_home.html", {"report_error": str(exc)}, status=400)
+    return redirect(f"{reverse('home')}#studies-h")
 
 
 @researcher_required

@@ -153,3 +153,24 @@ def test_researchers_ask_for_a_report_and_download_it_annotators_cannot(django_c
 
 def reports_queued(study):
     return report_request(study=study, fmt="html", enqueue=False)
+
+
+def test_the_overview_builds_a_report_and_links_its_download(client, django_capture_on_commit_callbacks):
+    from annotate.roles import RESEARCHERS
+    from annotate.services.accounts import user_create_with_role
+
+    users = annotators(2)
+    study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)
+    answer_all(study, users, alpha_wins)
+    client.force_login(users[0])
+    assert client.post(f"/studies/{study.pk}/reports/", {"format": "html"}).status_code == 403
+    client.force_login(user_create_with_role(username="res", password="res-pass-123", role=RESEARCHERS))
+    assert client.get(f"/studies/{study.pk}/reports/").status_code == 405
+    assert client.post(f"/studies/{study.pk}/reports/", {"format": "pdf"}).status_code == 400
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(f"/studies/{study.pk}/reports/", {"format": "html"}).status_code == 302
+    report = Report.objects.get(study=study)
+    page = client.get("/").content.decode()
+    assert study.name in page and f"/api/reports/{report.pk}/download" in page
+    download = client.get(f"/api/reports/{report.pk}/download")
+    assert download.status_code == 200 and b"<svg" in b"".join(download.streaming_content)
