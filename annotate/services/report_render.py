@@ -119,7 +119,8 @@ def interval_plot_svg(rows: list[dict], *, value: str, interval: str, label: str
     hi = max(numbers) if high is None else high
     if hi == lo:
         lo, hi = lo - 1, hi + 1
-    left, width, row_h, top = 170, 420, 28, 20
+    left = 30 + 7 * max(len(str(name)) for name, _, _ in points)  # room for the longest label
+    width, row_h, top = 420, 28, 20
     scale = lambda v: left + (v - lo) / (hi - lo) * width  # noqa: E731
     height = top + row_h * len(points) + 36
     parts = [f'<svg role="img" width="{left + width + 60}" height="{height}" '
@@ -149,6 +150,11 @@ def render_html(data: dict) -> str:
     if pairwise:
         models = pairwise["inputs"]["models"]
         context["matrix_svg"] = win_rate_matrix_svg(models, pairwise["win_rate_matrix"])
+        context["categories_svg"] = interval_plot_svg(
+            [{"model": f"{c['category']}: {p['a']} vs {p['b']}", "win_rate_a": p["win_rate_a"], "wilson": p["wilson"]}
+             for c in pairwise["categories"] for p in c["pairs"]],
+            value="win_rate_a", interval="wilson", label="Win rate of A over B per category, Wilson intervals",
+            low=0.0, high=1.0, digits=2)
         context["ratings_svg"] = interval_plot_svg(pairwise["bradley_terry"]["ratings"], value="elo",
                                                    interval="elo_ci_prompt", label="Bradley-Terry ratings (Elo scale) "
                                                    "with prompt-bootstrap intervals")
