@@ -125,7 +125,7 @@ def bench_project(folder: Path, texts: list[str], *, device: str, dtype_name: st
                   size: int, compile_unet: bool, name: str) -> dict:
     """The generation job end to end; the backend is loaded (and compiled) before the clock starts,
     as in a worker that has served this checkpoint before."""
-    from annotate.models import Checkpoint, Dataset, GenerationJob, Image, Prompt
+    from annotate.models import Checkpoint, Dataset, Image, Prompt
     from annotate.services.generation import generation_job_create
     from workers.jobs import backend_spec, generation_job_execute
     from workers.ml.backends import GenerationParams, get_backend
