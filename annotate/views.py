@@ -34,15 +34,20 @@ def researcher_required(view):
     return wrapped
 
 
+def _researcher_home(request, *, status: int = 200, **extra):
+    context = {
+        "datasets": selectors.dataset_list_with_counts(),
+        "jobs": selectors.generation_job_list(),
+        "studies": selectors.study_list_with_reports(),
+        "report_formats": Report.Format.choices,
+        **extra,
+    }
+    return render(request, "annotate/researcher_home.html", context, status=status)
+
+
 def home(request):
     if is_researcher(request.user):
-        context = {
-            "datasets": selectors.dataset_list_with_counts(),
-            "jobs": selectors.generation_job_list(),
-            "studies": selectors.study_list_with_reports(),
-            "report_formats": Report.Format.choices,
-        }
-        return render(request, "annotate/researcher_home.html", context)
+        return _researcher_home(request)
     studies = []
     if request.user.is_authenticated:
         studies = [(m.study, progress_of(m)) for m in selectors.annotator_open_memberships(annotator=request.user)]
@@ -59,7 +64,7 @@ def study_report_request(request, study_id: int):
     try:
         report_request(study=study, fmt=request.POST.get("format", ""), created_by=request.user)
     except ReportError as exc:
-        return render(request, "annotate/researcher_home.html", {"report_error": str(exc)}, status=400)
+        return _researcher_home(request, status=400, report_error=str(exc))  # the overview, with the error
     return redirect(f"{reverse('home')}#studies-h")
 
 

@@ -49,7 +49,7 @@ class ExportError(ValueError):
 
 
 def study_find(key: str) -> Study:
-    """A study by public id, numeric id or exact name (for the command)."""
+    """A study by public id, numeric id or exact name (for the commands)."""
     import uuid
 
     try:
@@ -63,7 +63,7 @@ def study_find(key: str) -> Study:
         return found[0]
     if found:
         raise ExportError(f"several studies are named {key!r}: give its public id")
-    raise ExportError(f"study {key!r} not found (give its public id, id or name)")
+    raise ExportError(f"study {key!r} not found: no study has that public id, id or name")
 
 
 def judgment_rows(*, study: Study):

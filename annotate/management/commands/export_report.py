@@ -1,36 +1,26 @@
 import sys
-import uuid
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.models import Study
+from annotate.services.exports import ExportError, study_find
 from annotate.services.reports import DEFAULT_ROUNDS, DEFAULT_SEED, ReportError, report_render, study_report_data
-
-
-def study_by_id_or_name(value: str) -> Study:
-    try:
-        return Study.objects.get(public_id=uuid.UUID(value))
-    except (ValueError, Study.DoesNotExist):
-        pass
-    matches = list(Study.objects.filter(name=value)[:2])
-    if len(matches) != 1:
-        raise CommandError(f"study {value!r}: " + ("several studies have that name; give its public id"
-                                                   if matches else "no study has that public id or name"))
-    return matches[0]
 
 
 class Command(BaseCommand):
     help = "Write a study's report (HTML with inline plots, CSV or JSON) to a file, computed here."
 
     def add_arguments(self, parser):
-        parser.add_argument("study", help="the study's public id or name")
+        parser.add_argument("study", help="the study's public id, id or exact name")
         parser.add_argument("--format", choices=["html", "csv", "json"], default="html")
         parser.add_argument("--out", required=True, help="file to write, or - for standard output")
         parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="bootstrap rounds")
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
 
     def handle(self, *args, **options):
-        study = study_by_id_or_name(options["study"])
+        try:
+            study = study_find(options["study"])
+        except ExportError as exc:
+            raise CommandError(str(exc)) from exc
         try:
             content = report_render(study_report_data(study=study, rounds=options["rounds"], seed=options["seed"]),
                                     options["format"])
