@@ -82,12 +82,33 @@ def _clip_model(size: str, device: str):
 
 
 def _images(n: int, side: int):
+    """Images with about the detail of generated ones: at 512 px a JPEG (quality 95, as the
+    generation job writes) of about 100 KB, which takes about as long to decode."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    return [np.asarray(Image.fromarray(s).resize((side, side), Image.BILINEAR)) for s in small]
+    small = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    out = []
+    for s in small:
+        a = np.asarray(Image.fromarray(s).resize((side, side), Image.BICUBIC)).astype(np.int16)
+        out.append(np.clip(a + rng.integers(-6, 7, a.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+class _InstantScorer:
+    """A stand-in reward model that takes no time: the scoring task with it runs as fast as
+    the host alone can decode, hand over and write (the host's ceiling)."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def prompt_logits_start(self, images, prompt_sets):
+        import numpy as np
+
+        from workers.ml.rewards import PendingLogits
+
+        return PendingLogits.ready([np.linspace(0.0, 1.0, len(s)) for s in prompt_sets])
 
 
 def _prompt_sets(n_prompts: int) -> list[list[str]]:
@@ -180,7 +201,9 @@ def _bench_size(size: str, device: str, tiny: bool, db: bool) -> dict:
 
 
 def _bench_db(scorer, spec, arrays, sets, device: str, batch: int) -> dict:
-    """The scoring task end to end: JPEG files in storage, decode thread, DB writes."""
+    """The scoring task end to end: JPEG files in storage, decoded on the host, rows written;
+    where its time went (``Stages``); and the host's ceiling, the task with a reward model
+    that takes no time."""
     import hashlib
 
     from django.core.files.base import ContentFile
@@ -190,7 +213,7 @@ def _bench_db(scorer, spec, arrays, sets, device: str, batch: int) -> dict:
     from annotate.models import Checkpoint, ContrastivePromptSet, Dataset, Image, Prompt, RewardModel, RewardScore
     from annotate.services.scoring import scoring_job_create
     from workers.ml import rewards
-    from workers.scoring import scoring_job_execute
+    from workers.scoring import Stages, scoring_job_execute
 
     tag = f"bench-{spec.fingerprint}-{time.time_ns()}"
     ds = Dataset.objects.create(name=tag)
@@ -208,22 +231,29 @@ def _bench_db(scorer, spec, arrays, sets, device: str, batch: int) -> dict:
                               sha256=hashlib.sha256(data).hexdigest(), width=arrays[0].shape[1],
                               height=arrays[0].shape[0]))
     Image.objects.bulk_create(rows)
+    out = {"jpeg_kb": round(sum(r.size_bytes for r in rows) / len(rows) / 1024, 1)}
     # The random-weight model is handed to the worker's cache under the reward model's fingerprint.
     rm = RewardModel.objects.create(name=tag, kind="clip", location="-", config=spec.config,
                                     fingerprint=spec.fingerprint)
     rewards._cache[(spec.fingerprint, device)] = scorer
-    out = {}
-    for variants in (["raw"], ["textnorm"]):
-        job = scoring_job_create(reward_model=rm, checkpoint=ckpt, variants=variants, prompt_set_source="rule_based",
+    instant = RewardModel.objects.create(name=f"{tag}-instant", kind="clip", location="-", config=spec.config,
+                                         fingerprint=f"{spec.fingerprint}-instant")
+    rewards._cache[(instant.fingerprint, device)] = _InstantScorer(device)
+    for model, variants, key in ((rm, ["raw"], "task_raw"), (rm, ["textnorm"], "task_textnorm"),
+                                 (instant, ["textnorm"], "host_ceiling")):
+        job = scoring_job_create(reward_model=model, checkpoint=ckpt, variants=variants, prompt_set_source="rule_based",
                                  prompt_set_version=tag, batch_size=batch, enqueue=False)
+        stages = Stages()
         _sync(device)
         start = time.perf_counter()
-        scoring_job_execute(job.id)
+        scoring_job_execute(job.id, stages=stages)
         _sync(device)
         seconds = time.perf_counter() - start
-        assert RewardScore.objects.filter(reward_model=rm, variant=variants[0]).count() == len(rows)
-        out[f"task_{variants[0]}_images_per_s"] = round(len(rows) / seconds, 1)
-    rewards._cache.pop((spec.fingerprint, device), None)
+        assert RewardScore.objects.filter(reward_model=model, variant=variants[0]).count() == len(rows)
+        out[f"{key}_images_per_s"] = round(len(rows) / seconds, 1)
+        out[f"{key}_stages"] = stages.as_dict()
+    for model in (rm, instant):
+        rewards._cache.pop((model.fingerprint, device), None)
     return out
 
 

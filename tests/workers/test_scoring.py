@@ -2,6 +2,7 @@
 the naive per-image computation, idempotent reruns, progress, failures recorded."""
 import hashlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from annotate.services.scoring import ScoringError, reward_model_create, scoring
 from tests.workers.test_rewards import naive_scores
 from tests.workers.tiny_rewards import save_blip, save_clip
 from workers.ml.textnorm import textnorm
-from workers.scoring import scoring_job_execute
+from workers.scoring import Stages, scoring_job_execute
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PROMPTS = ["a photo of two cats", "a photo of a red cup and a blue vase", "a photo of a dog above a chair"]
@@ -154,15 +155,27 @@ def test_scoring_task_is_registered_for_the_gpu_queue():
 
 @pytest.mark.django_db(transaction=True)
 def test_row_writer_writes_in_order_on_its_own_thread_and_reports_its_errors(monkeypatch):
+    import threading
+
     from workers import scoring
 
-    written = []
-    monkeypatch.setattr(scoring, "_write", lambda job_id, rows, done: written.append((job_id, rows, done)))
+    written, started, release = [], threading.Event(), threading.Event()
+
+    def slow_first(job_id, rows, done):
+        started.set()
+        release.wait(5)  # the database is slow: batches queue up behind this write
+        written.append((job_id, rows, done))
+
+    monkeypatch.setattr(scoring, "_write", slow_first)
     with scoring._RowWriter(7) as writer:
         assert writer.thread is not None  # outside a transaction: a thread of its own
-        for done in (2, 4, 6):
+        writer.write([2], 2)
+        assert started.wait(5)  # the writer is inside its first write
+        for done in (4, 6, 8):
             writer.write([done], done)
-    assert written == [(7, [2], 2), (7, [4], 4), (7, [6], 6)]
+        release.set()
+    # In order, nothing lost, and what queued up behind the slow write went in one transaction.
+    assert written == [(7, [2], 2), (7, [4, 6, 8], 8)]
 
     def broken(job_id, rows, done):
         raise RuntimeError("disk full")
@@ -190,3 +203,26 @@ def test_prefetch_decodes_same_size_batches_into_one_buffer_and_others_as_arrays
     # The last file is not the size its row records: that batch comes as arrays, in order.
     assert isinstance(second, list) and [a.shape for a in second] == [(24, 24, 3), (16, 16, 3)]
     assert second[0][0, 0, 0] == 20 and second[1][0, 0, 0] == 30
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scoring_benchmark_runs_on_the_cpu_and_says_where_the_task_spent_its_time(settings, tmp_path):
+    """scripts/bench_scoring_section.py, tiny models in this test's database: every figure
+    the note quotes is there, and the stages account for the images scored."""
+    import sys
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import bench_scoring_section
+    finally:
+        sys.path.pop(0)
+    result = bench_scoring_section.run("cpu", tiny=True, db=True)["clip_tiny"]
+    for key in ("speedup_raw", "speedup_textnorm", "textnorm_cost", "task_speedup_raw", "task_speedup_textnorm",
+                "host_ceiling_images_per_s", "jpeg_kb"):
+        assert result[key] > 0, key
+    for key in ("task_raw_stages", "task_textnorm_stages", "host_ceiling_stages"):
+        stages = result[key]
+        assert stages["images"] == result["images"]
+        assert set(Stages.names) <= set(stages)
+        assert sum(stages[n] for n in Stages.names if n != "writer") <= stages["seconds"] + 1e-3

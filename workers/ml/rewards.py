@@ -3,6 +3,10 @@
 Every scorer answers ``prompt_logits(images, prompt_sets)``: for each image, the reward
 model's score l_i of every prompt of its prompt set (original first), so the raw reward is
 column 0 and TextNorm is a function of the whole row (``workers.ml.textnorm``).
+``prompt_logits_start`` is the same in two halves: it queues the batch's work on the device
+and returns at once; ``.result()`` waits for the scores. A scoring job keeps one batch in
+flight that way, so the host builds and writes one batch's rows while the device scores the
+next (on the CPU the work is done by the time ``start`` returns).
 
 - Dual encoders (CLIP, PickScore): each image is encoded once, each text once per process
   (a cache of text embeddings), then one matrix product gives every score of the batch.
@@ -151,17 +155,69 @@ class RewardScorer:
 
     def prompt_logits(self, images: list, prompt_sets: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per image, the scores of its prompt set's prompts (original first), as float64."""
+        return self.prompt_logits_start(images, prompt_sets).result()
+
+    def prompt_logits_start(self, images: list, prompt_sets: Sequence[Sequence[str]]) -> PendingLogits:
+        """``prompt_logits`` with the device's work queued, not waited for."""
         if len(images) != len(prompt_sets):
             raise ValueError(f"{len(images)} images but {len(prompt_sets)} prompt sets")
         if len(images) == 0:
-            return []
+            return PendingLogits.ready([])
         if any(len(s) == 0 for s in prompt_sets):
             raise ValueError("every prompt set needs at least the original prompt")
         with self._torch.inference_mode():
-            return self._prompt_logits(self.pixels(images), prompt_sets)
+            values, columns, layout = self._prompt_values(self.pixels(images), prompt_sets)
+            return PendingLogits(values, columns, layout)
 
-    def _prompt_logits(self, pixels, prompt_sets) -> list[np.ndarray]:
+    def _prompt_values(self, pixels, prompt_sets) -> tuple[object, list[list[int]], str]:
+        """The batch's scores as one device tensor, with each image's columns (indexes into the
+        unique texts): ``"matrix"``, an (images, texts) tensor; ``"flat"``, the pairs' scores
+        one image after another."""
         raise NotImplementedError
+
+
+class PendingLogits:
+    """A batch's scores on their way from the device: the device-to-host copy is queued into
+    page-locked memory behind the batch's work, and ``result()`` waits for it alone."""
+
+    def __init__(self, values, columns: list[list[int]], layout: str):
+        import torch
+
+        self.columns, self.layout, self._event, self._done = columns, layout, None, None
+        values = values.float()
+        if values.device.type == "cuda":
+            self._host = torch.empty(values.shape, dtype=torch.float32, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = values
+
+    @classmethod
+    def ready(cls, logits: list[np.ndarray]) -> PendingLogits:
+        pending = cls.__new__(cls)
+        pending._done = logits
+        return pending
+
+    def result(self) -> list[np.ndarray]:
+        if self._done is None:
+            if self._event is not None:
+                self._event.synchronize()
+            values = self._host.numpy().astype(np.float64)
+            if self.layout == "matrix":
+                self._done = _rows(values, self.columns)
+            else:
+                self._done = _split(values, self.columns)
+            self._host = None
+        return self._done
+
+
+def _rows(values: np.ndarray, columns: list[list[int]]) -> list[np.ndarray]:
+    """Row i's entries at columns[i]: one gather when every image has as many columns."""
+    widths = {len(c) for c in columns}
+    if len(widths) == 1:
+        return list(np.take_along_axis(values, np.asarray(columns, dtype=np.intp), axis=1))
+    return [values[i, cols] for i, cols in enumerate(columns)]
 
 
 def _unique_texts(prompt_sets: Sequence[Sequence[str]]) -> tuple[list[str], list[list[int]]]:
@@ -204,12 +260,11 @@ class DualEncoderScorer(RewardScorer):
             self._text_embeddings.update(zip(chunk, emb, strict=True))
         return self._torch.stack([self._text_embeddings[t] for t in texts])
 
-    def _prompt_logits(self, pixels, prompt_sets):
+    def _prompt_values(self, pixels, prompt_sets):
         unique, columns = _unique_texts(prompt_sets)
         img = self.encode_images(pixels)
         txt = self.encode_texts(unique)
-        sims = (img.float() @ txt.float().T * self.factor).double().cpu().numpy()
-        return [sims[i, cols] for i, cols in enumerate(columns)]
+        return img.float() @ txt.float().T * self.factor, columns, "matrix"
 
 
 def _pairs(prompt_sets, columns) -> tuple[list[int], list[int]]:
@@ -252,7 +307,7 @@ class ItmScorer(RewardScorer):
     def _pair_itm_logits(self, image_states, ids, mask):
         raise NotImplementedError
 
-    def _prompt_logits(self, pixels, prompt_sets):
+    def _prompt_values(self, pixels, prompt_sets):
         unique, columns = _unique_texts(prompt_sets)
         states = self.encode_images(pixels)
         ids, mask = self.tokenize(unique)
@@ -263,8 +318,7 @@ class ItmScorer(RewardScorer):
         for start in range(0, len(image_idx), self.pair_batch):
             ii, tt = image_idx_t[start:start + self.pair_batch], text_idx_t[start:start + self.pair_batch]
             scores.append(self._match_score(self._pair_itm_logits(states[ii], ids[tt], mask[tt])))
-        values = self._torch.cat(scores).double().cpu().numpy()
-        return _split(values, columns)
+        return self._torch.cat(scores), columns, "flat"
 
 
 class BlipItmScorer(ItmScorer):
@@ -296,9 +350,9 @@ class Blip2ItmScorer(ItmScorer):
                            encoder_hidden_states=image_states, encoder_attention_mask=image_mask).last_hidden_state
         return m.itm_head(hidden[:, :queries.shape[1], :].to(m.itm_head.weight.dtype)).mean(dim=1)
 
-    def _prompt_logits(self, pixels, prompt_sets):
+    def _prompt_values(self, pixels, prompt_sets):
         if self.head == "itm":
-            return super()._prompt_logits(pixels, prompt_sets)
+            return super()._prompt_values(pixels, prompt_sets)
         m, torch = self.model, self._torch
         unique, columns = _unique_texts(prompt_sets)
         states = self.encode_images(pixels)
@@ -310,8 +364,7 @@ class Blip2ItmScorer(ItmScorer):
         ids, mask = self.tokenize(unique)
         t = m.qformer(query_embeds=m.embeddings(input_ids=ids), query_length=0, attention_mask=mask).last_hidden_state
         txt = torch.nn.functional.normalize(m.text_projection(t[:, 0, :]), dim=-1)  # (T, D)
-        sims = torch.einsum("nqd,td->ntq", img.float(), txt.float()).amax(dim=-1).double().cpu().numpy()
-        return [sims[i, cols] for i, cols in enumerate(columns)]
+        return torch.einsum("nqd,td->ntq", img.float(), txt.float()).amax(dim=-1), columns, "matrix"
 
 
 def _load_hf(spec: RewardSpec, model_cls_name: str, default_size: int | None = None):
@@ -400,6 +453,9 @@ class PackagePairScorer:
             scores = np.atleast_1d(np.asarray(self._score(unique[c], [pils[i] for i in image_ids]), dtype=float))
             value.update({(i, c): float(s) for i, s in zip(image_ids, scores, strict=True)})
         return [np.array([value[(i, c)] for c in cols]) for i, cols in enumerate(columns)]
+
+    def prompt_logits_start(self, images: list, prompt_sets: Sequence[Sequence[str]]) -> PendingLogits:
+        return PendingLogits.ready(self.prompt_logits(images, prompt_sets))
 
 
 @register("imagereward", requires=[("ImageReward", "image-reward")])
