@@ -223,6 +223,6 @@ def test_scoring_benchmark_runs_on_the_cpu_and_says_where_the_task_spent_its_tim
         assert result[key] > 0, key
     for key in ("task_raw_stages", "task_textnorm_stages", "host_ceiling_stages"):
         stages = result[key]
-        assert stages["images"] == result["images"]
+        assert stages["images"] == result["task_images"]
         assert set(Stages.names) <= set(stages)
         assert sum(stages[n] for n in Stages.names if n != "writer") <= stages["seconds"] + 1e-3
