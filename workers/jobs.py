@@ -29,6 +29,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from annotate.models import GenerationJob, Image
+from annotate.services.generation import generation_job_images
 from annotate.services.paths import input_path_check
 from workers.ml.backends import DIFFUSERS_BACKENDS, BackendSpec, GenerationParams, Generated, get_backend
 from workers.ml.seeding import image_seed
@@ -62,13 +63,6 @@ class Planned:
     index: int
 
 
-def _job_images(job: GenerationJob):
-    return Image.objects.filter(
-        checkpoint=job.checkpoint_id, prompt__dataset=job.dataset_id, seed__in=job.seeds,
-        index__lt=job.images_per_seed,
-    )
-
-
 def job_plan(job: GenerationJob) -> list[Planned]:
     """Every image of the job, in a fixed order: the basis of the chunks."""
     prompts = job.dataset.prompts.order_by("source_index", "id").values_list("id", "text")
@@ -77,15 +71,16 @@ def job_plan(job: GenerationJob) -> list[Planned]:
 
 
 def _missing(job: GenerationJob, planned: list[Planned]) -> list[Planned]:
-    done = set(_job_images(job).values_list("prompt_id", "seed", "index"))
+    done = set(generation_job_images(job).values_list("prompt_id", "seed", "index"))
     return [p for p in planned if (p.prompt_id, p.seed, p.index) not in done]
 
 
 # ---------------------------------------------------------------- entry points (tasks call these)
 
-def generation_job_dispatch(job_id: int, *, chunk_size: int | None = None) -> list[int]:
-    """Start a job: run it here when its missing images fit one chunk, else enqueue one task per
-    chunk that has missing images. Returns the chunk indices enqueued (empty when run here)."""
+def generation_job_dispatch(job_id: int, *, chunk_size: int | None = None, fan_out: bool = True) -> list[int]:
+    """Start a job: run it here when its missing images fit one chunk (or ``fan_out`` is false),
+    else enqueue one task per chunk that has missing images. Returns the chunk indices
+    enqueued (empty when run here)."""
     chunk_size = chunk_size or generation_chunk_size()
     job = GenerationJob.objects.select_related("checkpoint", "dataset").get(pk=job_id)
     if job.status == GenerationJob.Status.CANCELLED:
@@ -93,7 +88,7 @@ def generation_job_dispatch(job_id: int, *, chunk_size: int | None = None) -> li
     planned = job_plan(job)
     missing = {(p.prompt_id, p.seed, p.index) for p in _missing(job, planned)}
     chunks = sorted({i // chunk_size for i, p in enumerate(planned) if (p.prompt_id, p.seed, p.index) in missing})
-    if len(chunks) <= 1:
+    if len(chunks) <= 1 or not fan_out:
         generation_job_execute(job_id)
         return []
     _job_start(job)
@@ -125,7 +120,7 @@ def _job_start(job: GenerationJob) -> None:
 
 
 def _job_finish_if_complete(job: GenerationJob) -> None:
-    done = _job_images(job).count()
+    done = generation_job_images(job).count()
     fields = {"done_images": min(done, job.total_images)}
     if done >= job.total_images:
         fields.update(status=GenerationJob.Status.SUCCEEDED, finished_at=timezone.now(), error="")
@@ -201,7 +196,7 @@ def _generate(job: GenerationJob, missing: list[Planned], batch_size: int) -> in
 
 def _progress(job: GenerationJob) -> bool:
     """Record done/total; False when the job has been cancelled meanwhile."""
-    done = min(_job_images(job).count(), job.total_images)
+    done = min(generation_job_images(job).count(), job.total_images)
     return bool(GenerationJob.objects.filter(pk=job.pk).exclude(status=GenerationJob.Status.CANCELLED)
                 .update(done_images=done))
 

@@ -8,11 +8,13 @@ from celery import shared_task
 
 
 @shared_task(name="workers.tasks.generation_job_run", acks_late=True)
-def generation_job_run(job_id: int) -> list[int]:
-    """Run a job here, or fan it out as chunk tasks when it spans several chunks."""
+def generation_job_run(job_id: int, fan_out: bool = True) -> list[int]:
+    """Run a job here, or fan it out as chunk tasks when it spans several chunks. A fanned-out
+    job is finished by its chunk tasks, after this task has returned: a chain whose next step
+    needs the images passes ``fan_out=False`` (the job then runs whole in this task)."""
     from workers.jobs import generation_job_dispatch
 
-    return generation_job_dispatch(job_id)
+    return generation_job_dispatch(job_id, fan_out=fan_out)
 
 
 @shared_task(name="workers.tasks.generation_chunk_run", acks_late=True)

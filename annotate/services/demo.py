@@ -98,7 +98,9 @@ def demo_seed(*, backend: str = "procedural") -> dict:
 
         from workers.scoring_tasks import scoring_demo_run
 
-        steps = [generation_job_run.si(job.id) for job in jobs] + [scoring_demo_run.si(), demo_studies_create.si()]
+        # Each job whole in its task: scoring and the studies need every image made first.
+        steps = [generation_job_run.si(job.id, fan_out=False) for job in jobs]
+        steps += [scoring_demo_run.si(), demo_studies_create.si()]
         transaction.on_commit(lambda: chain(*steps).delay())
     return {"dataset": dataset, "jobs_created": len(jobs),
             "accounts": {u: p for u, (p, _) in DEMO_ACCOUNTS.items()}}
@@ -135,7 +137,8 @@ def demo_images_score() -> list[int]:
     dataset = Dataset.objects.get(name="demo-scenes")
     contrastive_sets_rule_based(dataset=dataset)
     scored = []
-    for checkpoint in Checkpoint.objects.filter(name__in=DEMO_CHECKPOINTS).order_by("name"):
+    names = [*DEMO_CHECKPOINTS, TINY_DIFFUSERS_CHECKPOINT]  # the tiny pipeline's, when the demo made it
+    for checkpoint in Checkpoint.objects.filter(name__in=names, images__isnull=False).distinct().order_by("name"):
         job = ScoringJob.objects.filter(reward_model=reward_model, checkpoint=checkpoint).first()
         if job is None:
             job = scoring_job_create(reward_model=reward_model, checkpoint=checkpoint, variants=["raw", "textnorm"],

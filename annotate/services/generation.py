@@ -1,6 +1,6 @@
 from django.db import transaction
 
-from annotate.models import Checkpoint, Dataset, GenerationJob
+from annotate.models import Checkpoint, Dataset, GenerationJob, Image
 from workers.ml.backends import scheduler_check
 
 
@@ -28,3 +28,13 @@ def generation_job_create(
         # After commit, so that the worker never looks for a row that is not there yet.
         transaction.on_commit(lambda: generation_job_run.delay(job.id))
     return job
+
+
+def generation_job_images(job: GenerationJob):
+    """The images a generation job stands for: its checkpoint's images of its dataset's
+    prompts, seeds and indexes, whichever job made them (a rerun, or another job with the
+    same settings, reuses what exists)."""
+    return Image.objects.filter(
+        checkpoint=job.checkpoint_id, prompt__dataset=job.dataset_id, seed__in=job.seeds,
+        index__lt=job.images_per_seed,
+    )

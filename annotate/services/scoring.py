@@ -67,7 +67,10 @@ def scoring_job_images(job: ScoringJob) -> QuerySet[Image]:
     """The images (with a file) a scoring job covers."""
     images = Image.objects.exclude(file="")
     if job.generation_job_id:
-        images = images.filter(job_id=job.generation_job_id)
+        from annotate.services.generation import generation_job_images
+
+        # What the job stands for, including images it found made and did not make again.
+        images = images.filter(id__in=generation_job_images(job.generation_job).values("id"))
     if job.checkpoint_id:
         images = images.filter(checkpoint_id=job.checkpoint_id)
     if job.dataset_id:

@@ -264,9 +264,15 @@ def test_image_writer_keeps_a_bounded_number_of_images_in_flight(monkeypatch):
 def test_demo_can_run_the_tiny_diffusers_pipeline_through_the_worker(settings, tmp_path, monkeypatch):
     from django.core.management import call_command
 
+    from annotate.models import RewardScore, Study
     from annotate.services import demo
+    from workers import tasks
 
     settings.DATA_DIR = tmp_path
+    # Chunks smaller than the jobs: a fanned-out job would finish after the chain moved on.
+    settings.CALIBRA_GENERATION_CHUNK_SIZE = 3
+    enqueued = []
+    monkeypatch.setattr(tasks.generation_chunk_run, "delay", lambda *args: enqueued.append(args))
     monkeypatch.setattr(demo, "demo_prompts", lambda: ["three cups", "a dog and a vase", "two apples", "one cat"])
     call_command("seed_demo", backend="tiny-diffusers", stdout=io.StringIO())
     ckpt = Checkpoint.objects.get(name="demo-tiny-diffusers")
@@ -274,4 +280,12 @@ def test_demo_can_run_the_tiny_diffusers_pipeline_through_the_worker(settings, t
     job = GenerationJob.objects.get(checkpoint=ckpt)
     assert (job.status, job.done_images) == ("succeeded", job.total_images)
     assert Image.objects.filter(checkpoint=ckpt, width=64).count() == job.total_images > 0
+    # The chain ran each job whole, then scored every checkpoint's images, then made the studies.
+    assert enqueued == []
+    assert set(GenerationJob.objects.values_list("status", flat=True)) == {"succeeded"}
+    for checkpoint in Checkpoint.objects.all():
+        n = Image.objects.filter(checkpoint=checkpoint).count()
+        for variant in ("raw", "textnorm"):
+            assert RewardScore.objects.filter(image__checkpoint=checkpoint, variant=variant).count() == n > 0
+    assert Study.objects.count() == 2
     backends.cache_clear()

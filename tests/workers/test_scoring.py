@@ -226,3 +226,22 @@ def test_scoring_benchmark_runs_on_the_cpu_and_says_where_the_task_spent_its_tim
         assert stages["images"] == result["task_images"]
         assert set(Stages.names) <= set(stages)
         assert sum(stages[n] for n in Stages.names if n != "writer") <= stages["seconds"] + 1e-3
+
+
+def test_scoring_a_generation_job_covers_the_images_it_reused(scene, model_folders):
+    """A second job with the same checkpoint, dataset and seeds makes nothing (the images
+    exist, made by no job here); scoring that job still scores every image it stands for."""
+    from annotate.models import GenerationJob
+
+    ds, ckpt = scene
+    first = GenerationJob.objects.create(checkpoint=ckpt, dataset=ds, seeds=[0, 1], images_per_seed=1,
+                                         total_images=6, status="succeeded")
+    Image.objects.filter(checkpoint=ckpt, seed__in=[0, 1]).update(job=first)
+    second = GenerationJob.objects.create(checkpoint=ckpt, dataset=ds, seeds=[1, 2], images_per_seed=1,
+                                          total_images=6, status="succeeded")
+    rm = reward_model_create(name="clip", kind="clip", location=str(model_folders["clip"]), config={"device": "cpu"})
+    job = scoring_job_create(reward_model=rm, generation_job=second, variants=["raw"])
+    job.refresh_from_db()
+    assert (job.status, job.total_images) == ("succeeded", 6)
+    scored = set(RewardScore.objects.filter(reward_model=rm).values_list("image__seed", flat=True))
+    assert scored == {1, 2}
