@@ -2,7 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
-from annotate import apis, views
+from annotate import apis, apis_jobs, views
 
 api = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -21,6 +21,15 @@ api = [
          name="api-study-judgments-csv"),
     path("api/studies/<int:study_id>/judgments.jsonl", apis.StudyJudgmentsStreamApi.as_view(), {"fmt": "jsonl"},
          name="api-study-judgments-jsonl"),
+    path("api/checkpoints/", apis_jobs.CheckpointListCreateApi.as_view(), name="api-checkpoints"),
+    path("api/generation-jobs/", apis_jobs.GenerationJobListCreateApi.as_view(), name="api-generation-jobs"),
+    path("api/scoring-jobs/", apis_jobs.ScoringJobListCreateApi.as_view(), name="api-scoring-jobs"),
+    *[route for kind in ("generation", "scoring") for route in (
+        path(f"api/{kind}-jobs/<int:job_id>/", apis_jobs.JobDetailApi.as_view(), {"kind": kind},
+             name=f"api-{kind}-job"),
+        *[path(f"api/{kind}-jobs/<int:job_id>/{action}/", apis_jobs.JobActionApi.as_view(),
+               {"kind": kind, "action": action}, name=f"api-{kind}-job-{action}") for action in ("retry", "cancel")],
+    )],
     path("api/annotate/", apis.AnnotatorStudiesApi.as_view(), name="api-annotator-studies"),
     path("api/annotate/<uuid:study_id>/next/", apis.NextItemApi.as_view(), name="api-next"),
     path("api/annotate/<uuid:study_id>/submit/", apis.SubmitApi.as_view(), name="api-submit"),

@@ -263,9 +263,13 @@ class Stages:
         return f"{self.images} images in {self.wall:.2f} s ({parts})"
 
 
+class JobCancelled(Exception):
+    """The job was cancelled while it ran: the rows written so far stay."""
+
+
 def scoring_job_execute(job_id: int, *, stages: Stages | None = None) -> int:
     """Score the job's missing images. Returns how many images this call scored; ``stages``,
-    when given, gets where the time went."""
+    when given, gets where the time went. A job cancelled meanwhile stops at its next batch."""
     job = ScoringJob.objects.select_related("reward_model").get(pk=job_id)
     if job.status == ScoringJob.Status.CANCELLED:
         return 0
@@ -274,12 +278,16 @@ def scoring_job_execute(job_id: int, *, stages: Stages | None = None) -> int:
     )
     try:
         scored = _score_missing(job, stages or Stages())
+    except JobCancelled:
+        log.info("scoring job %s: cancelled", job.pk)
+        return 0
     except Exception as exc:
-        ScoringJob.objects.filter(pk=job.pk).update(
+        ScoringJob.objects.filter(pk=job.pk).exclude(status=ScoringJob.Status.CANCELLED).update(
             status=ScoringJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
         )
         raise
-    ScoringJob.objects.filter(pk=job.pk).update(status=ScoringJob.Status.SUCCEEDED, finished_at=timezone.now())
+    ScoringJob.objects.filter(pk=job.pk).exclude(status=ScoringJob.Status.CANCELLED).update(
+        status=ScoringJob.Status.SUCCEEDED, finished_at=timezone.now())
     return scored
 
 
@@ -353,7 +361,9 @@ def _write(job_id: int, rows: list[tuple], done: int) -> None:
         if rows:
             with connection.cursor() as cursor:
                 cursor.executemany(_insert_sql(connection), rows)
-        ScoringJob.objects.filter(pk=job_id).update(done_images=done)
+        if not ScoringJob.objects.filter(pk=job_id).exclude(status=ScoringJob.Status.CANCELLED).update(
+                done_images=done):
+            raise JobCancelled(f"scoring job {job_id} was cancelled")
 
 
 class _RowWriter:

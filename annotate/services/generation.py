@@ -1,7 +1,15 @@
+from pathlib import Path
+
 from django.db import transaction
 
 from annotate.models import Checkpoint, Dataset, GenerationJob, Image
+from annotate.services.checkpoints import checkpoint_fingerprint_ensure
+from annotate.services.paths import PathNotAllowed, input_path_check
 from workers.ml.backends import scheduler_check
+
+
+class GenerationError(ValueError):
+    """Bad input for a generation job; the message names the field. Nothing is written."""
 
 
 @transaction.atomic
@@ -12,9 +20,31 @@ def generation_job_create(
 ) -> GenerationJob:
     """Create a generation job and enqueue it once the transaction has committed (unless the
     caller enqueues it itself, e.g. in a chain)."""
-    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError("seeds must be a non-empty list of non-negative integers")
-    scheduler_check(scheduler)  # a typo fails here, not on a GPU worker later
+    if checkpoint.backend == Checkpoint.Backend.BEST_OF_N:
+        raise GenerationError(f"checkpoint: {checkpoint.name!r} is a best-of-n selection of another checkpoint's "
+                              f"images; it has nothing to generate")
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise GenerationError(f"seeds: must be a non-empty list of non-negative integers, not {seeds!r}")
+    for field, value, low in (("images_per_seed", images_per_seed, 1), ("width", width, 8), ("height", height, 8),
+                              ("num_inference_steps", num_inference_steps, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise GenerationError(f"{field}: must be an integer >= {low}, not {value!r}")
+    if dtype not in GenerationJob.DType.values:
+        raise GenerationError(f"dtype: must be one of {', '.join(GenerationJob.DType.values)}, not {dtype!r}")
+    try:
+        scheduler_check(scheduler)  # a typo fails here, not on a GPU worker later
+    except ValueError as exc:
+        raise GenerationError(f"scheduler: {exc}") from None
+    if not dataset.prompts.exists():
+        raise GenerationError(f"dataset: {dataset.name!r} has no prompts")
+    for field in ("location", "base_model"):
+        value = getattr(checkpoint, field)
+        if value and checkpoint.backend != Checkpoint.Backend.PROCEDURAL and Path(value).exists():
+            try:
+                input_path_check(Path(value), what=f"checkpoint {field}")
+            except PathNotAllowed as exc:
+                raise GenerationError(f"checkpoint: {exc}") from None
+    checkpoint_fingerprint_ensure(checkpoint)
     job = GenerationJob.objects.create(
         checkpoint=checkpoint, dataset=dataset, seeds=list(dict.fromkeys(seeds)),
         images_per_seed=images_per_seed, width=width, height=height,

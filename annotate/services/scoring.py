@@ -23,16 +23,14 @@ class ScoringError(ValueError):
 
 
 def folder_fingerprint(location: str, config: dict) -> str:
-    """sha256 over the files of a local model folder (names and contents) and the config;
-    for a hub id, over the id and the config."""
+    """sha256 over the files of a local model folder (names and contents), or a file's
+    contents, and the config; for a hub id, over the id and the config."""
+    from annotate.services.checkpoints import _hash_path
+
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     path = Path(location)
-    if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-            with file.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+    if path.exists():
+        _hash_path(digest, path)
     else:
         digest.update(location.encode())
     return digest.hexdigest()

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from annotate.models import Dataset, HumanLabel, RewardScore
+from annotate.models import ContrastivePromptSet, Dataset, HumanLabel, RewardScore
 from workers.stats.agreement import fleiss_kappa
 from workers.stats.reward_human import evaluate
 
@@ -37,20 +37,52 @@ def _label_table() -> dict:
 
 def _score_columns(image_ids: np.ndarray) -> dict[str, dict[int, float]]:
     """{column name: {image id: score}}: a raw column per reward model, and a TextNorm
-    column per reward model and parameter set (prompt-set source, normalisation: each prompt's
-    set has a version of its own)."""
+    column per reward model, prompt-set source and version, and normalisation.
+
+    Rule-based and language-model sets carry one version for a whole run of the generator;
+    imported sets carry a version per prompt (a hash of its texts), so their versions are
+    told apart by import: a prompt's first imported set is import 1, a re-import with other
+    texts import 2, and so on. The version (or import) is in the name only where a reward
+    model has TextNorm scores of more than one for the same source and normalisation."""
+    rows = list(
+        RewardScore.objects.filter(image_id__in=image_ids.tolist())
+        .values_list("reward_model__name", "variant", "prompt_set_id", "prompt_set__prompt_id",
+                     "prompt_set__source", "prompt_set__version", "normalize", "scale", "temperature",
+                     "image_id", "value")
+        .iterator(5000)
+    )
+    import_of = _import_numbers({prompt for _, variant, _, prompt, source, *_ in rows
+                                 if variant == RewardScore.Variant.TEXTNORM
+                                 and source == ContrastivePromptSet.Source.IMPORTED})
     columns: dict[str, dict[int, float]] = defaultdict(dict)
-    scores = (RewardScore.objects.filter(image_id__in=image_ids.tolist())
-              .values_list("reward_model__name", "variant", "prompt_set__source", "normalize", "scale",
-                           "temperature", "image_id", "value"))
-    for model, variant, source, normalize, scale, temperature, image_id, value in scores.iterator(5000):
+    # (model, source, normalisation) -> {version key: {image id: score}}
+    textnorm: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for model, variant, set_id, _, source, version, normalize, scale, temperature, image_id, value in rows:
         if variant == RewardScore.Variant.RAW:
-            name = f"{model} raw"
-        else:
-            knob = f"s={scale:g}" if normalize == RewardScore.Normalize.MINMAX else f"tau={temperature:g}"
-            name = f"{model} textnorm ({source} prompt sets, {normalize} {knob})"
-        columns[name][image_id] = value
+            columns[f"{model} raw"][image_id] = value
+            continue
+        knob = f"s={scale:g}" if normalize == RewardScore.Normalize.MINMAX else f"tau={temperature:g}"
+        if source == ContrastivePromptSet.Source.IMPORTED:
+            version = f"import {import_of[set_id]}"
+        textnorm[(model, source, f"{normalize} {knob}")][version][image_id] = value
+    for (model, source, normalization), versions in textnorm.items():
+        for version, by_image in versions.items():
+            sets = f"{source} prompt sets" + (f" {version}" if len(versions) > 1 else "")
+            columns[f"{model} textnorm ({sets}, {normalization})"] = by_image
     return dict(sorted(columns.items()))
+
+
+def _import_numbers(prompt_ids: set[int]) -> dict[int, int]:
+    """{imported set id: its number among its prompt's imported sets, oldest first, from 1}."""
+    numbers: dict[int, int] = {}
+    count: dict[int, int] = defaultdict(int)
+    sets = (ContrastivePromptSet.objects
+            .filter(prompt_id__in=prompt_ids, source=ContrastivePromptSet.Source.IMPORTED)
+            .order_by("prompt_id", "created_at", "id").values_list("id", "prompt_id"))
+    for set_id, prompt_id in sets.iterator(5000):
+        count[prompt_id] += 1
+        numbers[set_id] = count[prompt_id]
+    return numbers
 
 
 def tia2_report(*, per_prompt: bool = False) -> dict:

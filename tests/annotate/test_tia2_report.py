@@ -72,3 +72,74 @@ def test_tia2_report_reproduces_the_spec_table_and_scores_reward_models(tia2_roo
     text = io.StringIO()
     call_command("tia2_report", stdout=text)
     assert "oracle raw" in text.getvalue() and "0.614" in text.getvalue() and "dropped" in text.getvalue()
+
+
+@pytest.mark.django_db
+def test_textnorm_scores_of_two_prompt_set_versions_get_a_column_each():
+    """Two language-model versions of the sets of one reward model used to share a column,
+    the later rows overwriting the earlier per image; the imported sets (a version per
+    prompt) keep their single column and its name."""
+    from annotate.models import Dataset, Prompt
+
+    from annotate.services.tia2_report import tia2_report
+
+    ds = Dataset.objects.create(name="tia2-mini", source=Dataset.Source.TIA2)
+    model = RewardModel.objects.create(name="rm", kind="clip", location="-")
+    aligned, images = {}, []
+    for p in range(2):
+        prompt = Prompt.objects.create(dataset=ds, text=f"{p + 2} cups", category="counting", source_index=p)
+        sets = {v: ContrastivePromptSet.objects.create(prompt=prompt, source="language_model", version=v,
+                                                       texts=[f"{p + 3} cups"]) for v in ("lm-aaaa", "lm-bbbb")}
+        sets["imported"] = ContrastivePromptSet.objects.create(prompt=prompt, source="imported",
+                                                               version=f"hash-{p}", texts=["a cup"])
+        for k in range(4):
+            image = Image.objects.create(prompt=prompt, seed=k, index=0, source_name=f"image_{p}_{k}_0.jpg")
+            aligned[image.id] = k % 2  # two aligned images per prompt
+            HumanLabel.objects.bulk_create([HumanLabel(image=image, slot=s, value=k % 2) for s in range(3)])
+            images.append((image.id, sets))
+    RewardScore.objects.bulk_create([
+        RewardScore(image_id=i, reward_model=model, variant="textnorm", prompt_set=sets[version], normalize="minmax",
+                    scale=1.0, value=value)
+        for i, sets in images
+        for version, value in (("lm-aaaa", aligned[i] + 0.01 * i), ("lm-bbbb", -aligned[i] - 0.01 * i),
+                               ("imported", 0.5 + aligned[i]))])
+
+    columns = {m["score"]: m for m in tia2_report()["reward_models"]}
+    assert sorted(columns) == ["rm textnorm (imported prompt sets, minmax s=1)",
+                               "rm textnorm (language_model prompt sets lm-aaaa, minmax s=1)",
+                               "rm textnorm (language_model prompt sets lm-bbbb, minmax s=1)"]
+
+    def auroc(name):
+        assert columns[name]["images_scored"] == 8
+        return columns[name]["categories"][0]["means"][name]["auroc"]
+
+    assert auroc("rm textnorm (language_model prompt sets lm-aaaa, minmax s=1)") == pytest.approx(1.0)
+    assert auroc("rm textnorm (language_model prompt sets lm-bbbb, minmax s=1)") == pytest.approx(0.0)
+    assert auroc("rm textnorm (imported prompt sets, minmax s=1)") == pytest.approx(1.0)
+
+
+@pytest.mark.django_db
+def test_a_reimported_prompt_set_gets_a_column_of_its_own():
+    from annotate.models import Dataset, Prompt
+
+    from annotate.services.tia2_report import tia2_report
+
+    ds = Dataset.objects.create(name="tia2-mini", source=Dataset.Source.TIA2)
+    model = RewardModel.objects.create(name="rm", kind="clip", location="-")
+    prompt = Prompt.objects.create(dataset=ds, text="two cups", category="counting", source_index=0)
+    first = ContrastivePromptSet.objects.create(prompt=prompt, source="imported", version="h1", texts=["a cup"])
+    second = ContrastivePromptSet.objects.create(prompt=prompt, source="imported", version="h2", texts=["3 cups"])
+    rows = []
+    for k in range(4):
+        image = Image.objects.create(prompt=prompt, seed=k, index=0)
+        HumanLabel.objects.bulk_create([HumanLabel(image=image, slot=s, value=k % 2) for s in range(3)])
+        rows += [RewardScore(image=image, reward_model=model, variant="textnorm", prompt_set=first,
+                             normalize="none", temperature=2.0, value=k % 2),
+                 RewardScore(image=image, reward_model=model, variant="textnorm", prompt_set=second,
+                             normalize="none", temperature=2.0, value=-(k % 2))]
+    RewardScore.objects.bulk_create(rows)
+    columns = {m["score"]: m for m in tia2_report()["reward_models"]}
+    assert sorted(columns) == ["rm textnorm (imported prompt sets import 1, none tau=2)",
+                               "rm textnorm (imported prompt sets import 2, none tau=2)"]
+    means = [columns[n]["categories"][0]["means"][n]["auroc"] for n in sorted(columns)]
+    assert means == [pytest.approx(1.0), pytest.approx(0.0)]

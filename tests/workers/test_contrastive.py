@@ -1,6 +1,7 @@
 """Contrastive prompts: the SPEC's rules checked against the TIA2 release, hand-made cases,
 and a tiny random language model whose malformed output is dropped, never a crash."""
 import json
+import re
 
 import pytest
 import torch
@@ -43,10 +44,32 @@ def test_composition_rules_by_hand():
     # "a dog and a cat" says the same as "a cat and a dog": no object swap
     assert "a photo of a dog and a cat" not in rule_based_contrastive("a photo of a cat and a dog")
     assert "two vases above a cup." in rule_based_contrastive("two cups above a vase.")
-    assert rule_based_contrastive("A man below a tree") == ["A man above a tree"]
+    assert rule_based_contrastive("A man below a tree") == [
+        "A man", "A tree", "Two men below a tree", "Three men below a tree", "A man below two trees",
+        "A man below three trees", "A tree below a man", "A man above a tree",
+    ]
     assert rule_based_contrastive("a photo of three cats")[:2] == ["a photo of a cat", "a photo of two cats"]
     assert rule_based_contrastive("A sign that says 'Diffusion'.") == []
     assert rule_based_contrastive("an abstract painting") == ["two abstract paintings", "three abstract paintings"]
+
+
+def test_capitalised_prompts_are_parsed_and_keep_their_capitals():
+    ours = rule_based_contrastive("A photo of three cups")
+    assert ours == ["A photo of a cup", "A photo of two cups", "A photo of four cups", "A photo of five cups"]
+    assert rule_based_contrastive("a photo of two Teddy Bears above a TV.")[1:3] == [
+        "a photo of a TV.", "a photo of a Teddy Bear above a TV."]
+    assert rule_based_contrastive("NASA photo of two rockets")[0] == "NASA photo of a rocket"
+
+
+def test_capitalised_tia2_spatial_prompts_get_tia2s_each_object_alone(tia2_root):
+    sets = json.loads((tia2_root / "prompts/prompt_set_comprehensive.json").read_text())
+    capitalised = [p for p in sets if p[:1].isupper()]
+    assert sum(bool(rule_based_contrastive(p)) for p in capitalised) == 31
+    spatial = [p for p in capitalised if re.search(r" (on top of|(on|to) the (left|right) of) ", p)]
+    assert len(spatial) == 10
+    for prompt in spatial:  # TIA2 lists each object alone first: "A cat.", "A dog."
+        ours = rule_based_contrastive(prompt)
+        assert set(sets[prompt][:2]) <= set(ours) and all(t[:1].isupper() for t in ours), prompt
 
 
 def test_plurals_round_trip_on_the_tia2_objects():
@@ -71,11 +94,15 @@ def test_generated_lines_are_cleaned_and_malformed_ones_dropped():
 
 @pytest.fixture
 def tiny_lm(tmp_path):
+    return _tiny_lm(tmp_path / "lm", n_positions=512)
+
+
+def _tiny_lm(folder, *, n_positions):
+    """A random GPT-2 with one token per character, saved to ``folder`` (nothing downloaded)."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
     from workers.ml.diffusion_random import bytes_to_unicode
 
-    folder = tmp_path / "lm"
     vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     merges = [("c", "a"), ("o", "f")]
     vocab.update({"ca": len(vocab), "of": len(vocab) + 1})
@@ -85,7 +112,7 @@ def tiny_lm(tmp_path):
     except TypeError:
         pytest.fail("this transformers has no GPT2Tokenizer(vocab=, merges=)")
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=4, n_positions=512,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=4, n_positions=n_positions,
                                        bos_token_id=len(vocab) - 1, eos_token_id=len(vocab) - 1))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -115,6 +142,43 @@ def test_language_model_sets_are_stored_with_version_and_never_crash(tiny_lm, mo
     assert (again.created, again.existing) == (0, 1)
     with pytest.raises(ContrastiveError, match="model_path"):
         contrastive_sets_language_model(dataset=ds2, model_path=tiny_lm / "nope")
+
+
+@pytest.mark.django_db
+def test_language_model_with_a_short_context_never_runs_past_it(tmp_path, monkeypatch):
+    # The template alone is ~190 tokens here: + 96 new tokens once ran past 256 positions (IndexError).
+    from workers.ml.contrastive import LanguageModelGenerator, LanguageModelSettings
+
+    folder = _tiny_lm(tmp_path / "lm256", n_positions=256)
+    generator = LanguageModelGenerator(str(folder), LanguageModelSettings())
+    assert isinstance(generator.generate("a photo of two cats"), list)
+    assert isinstance(generator.generate("a photo of " + "two cats and " * 30 + "a dog"), list)  # input > context
+    ds = Dataset.objects.create(name="lm256")
+    for i, text in enumerate(["a photo of two cats", "a red cup " * 40]):
+        Prompt.objects.create(dataset=ds, text=text, source_index=i)
+    result = contrastive_sets_language_model(dataset=ds, model_path=folder)  # default max_new_tokens
+    assert result.created + len(result.empty) == 2
+    # A prompt the model fails on gives no lines (recorded as empty), not a crash of the run.
+    from workers.ml import contrastive
+
+    def broken(self, prompt):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(contrastive.LanguageModelGenerator, "_generate", broken)
+    assert generator.generate("a photo of two cats") == []
+    ds2 = Dataset.objects.create(name="lm256-broken")
+    Prompt.objects.create(dataset=ds2, text="a blue vase", source_index=0)
+    assert len(contrastive_sets_language_model(dataset=ds2, model_path=folder).empty) == 1
+
+
+def test_context_length_is_read_from_any_config_family():
+    from transformers import GPT2Config, LlamaConfig
+
+    from workers.ml.contrastive import context_length
+
+    assert context_length(GPT2Config(n_positions=256)) == 256
+    assert context_length(LlamaConfig(max_position_embeddings=300)) == 300
+    assert context_length(object()) is None
 
 
 @pytest.mark.django_db

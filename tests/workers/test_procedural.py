@@ -66,3 +66,26 @@ def test_backend_cache_and_unknown_backend():
         get_backend(BackendSpec(backend="nope"))
     with pytest.raises(ValueError, match="error_rate"):
         get_backend(BackendSpec(backend="procedural", config={"error_rate": 2}))
+
+
+def test_wrong_counts_stay_drawable_and_nameable_up_to_ten():
+    # A count of 10 perturbed to 11 once crashed the job with only "KeyError: 11".
+    for seed in range(21):
+        r = procedural.render("a realistic photo of ten cups", seed=seed, error_rate=1.0)
+        assert r.matches_prompt is False and r.drawn.objects[0].count == 9, seed
+    for n in range(1, 11):
+        prompt = Scene((SceneObject("cup", n),)).describe()
+        for seed in range(5):
+            r = procedural.render(prompt, seed=seed, size=(64, 64), error_rate=1.0)
+            assert r.matches_prompt is False and 1 <= r.drawn.objects[0].count <= 10, (n, seed)
+            assert parse_scene(r.drawn.describe()) == r.drawn
+    backend = get_backend(BackendSpec(backend="procedural", config={"error_rate": 1.0}, fingerprint="ten"))
+    images = backend.generate(["a realistic photo of ten cups"] * 3, [0, 1, 2], GenerationParams(width=64, height=64))
+    assert [g.metadata["drawn"] for g in images] == ["a realistic photo of nine cups"] * 3
+
+
+def test_a_render_failure_names_the_prompt(monkeypatch):
+    monkeypatch.setattr(procedural, "_perturb", lambda scene, rng: Scene((SceneObject("cup", 0),)))
+    with pytest.raises(RuntimeError, match="a realistic photo of two cups"):
+        procedural.render("a realistic photo of two cups", seed=0, error_rate=1.0)
+    assert count_phrase("cup", 11) == "11 cups"

@@ -1,6 +1,9 @@
 """Reward models: tiny random models of each architecture, saved and loaded through
 from_pretrained; the project's batched scores against the naive per-image computation
 (the transformers processor on PIL images and one model call per image with its prompt set)."""
+import re
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -227,3 +230,206 @@ def test_a_ready_uint8_batch_preprocesses_like_the_images_it_holds():
     batch = torch.from_numpy(np.stack(arrays))  # as the scoring job's decoders fill it
     expected = preprocess(arrays, spec, device="cpu", dtype=torch.float32)
     assert torch.equal(preprocess(batch, spec, device="cpu", dtype=torch.float32), expected)
+
+
+def _fake_module(monkeypatch, name, **attrs):
+    """A stand-in for an optional package, importable and found by ``importlib.util.find_spec``."""
+    import importlib.machinery
+    import sys
+    import types
+
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def flat_images(values):
+    """One flat-colour image per value, so that a fake scorer can tell which image it got."""
+    return [np.full((8, 8, 3), v, dtype=np.uint8) for v in values]
+
+
+def _fake_score(image, text):
+    return len(text) * 1000 + int(np.asarray(image)[0, 0, 0])
+
+
+PLUGIN_SETS = [["a cat", "two cats", "a dog"], ["a dog"], ["two cats", "a cat"]]
+
+
+def _expected(values, prompt_sets):
+    return [[len(t) * 1000 + v for t in texts] for v, texts in zip(values, prompt_sets, strict=True)]
+
+
+@pytest.fixture
+def fake_hpsv2(monkeypatch):
+    calls = []
+
+    def score(img_path, prompt, cp=None, hps_version="v2.0"):
+        calls.append({"cp": cp, "hps_version": hps_version, "prompt": prompt, "n": len(img_path)})
+        if cp is None:
+            calls[-1]["downloaded"] = True
+        return [float(_fake_score(im, prompt)) for im in img_path]
+
+    _fake_module(monkeypatch, "hpsv2", score=score)
+    monkeypatch.setattr(rewards, "_cache", OrderedDict())
+    return calls
+
+
+@pytest.mark.parametrize("as_folder", [False, True], ids=["file", "folder"])
+def test_hpsv2_scores_with_the_local_checkpoint(fake_hpsv2, tmp_path, as_folder):
+    checkpoint = tmp_path / "HPS_v2.1_compressed.pt"
+    checkpoint.write_bytes(b"weights")
+    location = tmp_path if as_folder else checkpoint
+    scorer = load_reward_model(RewardSpec(kind="hpsv2", location=str(location), config={"device": "cpu"}))
+    values = [10, 20, 30]
+    out = scorer.prompt_logits(flat_images(values), PLUGIN_SETS)
+    assert [list(o) for o in out] == _expected(values, PLUGIN_SETS)
+    assert {c["cp"] for c in fake_hpsv2} == {str(checkpoint)}
+    assert {c["hps_version"] for c in fake_hpsv2} == {"v2.1"}
+    assert len(fake_hpsv2) == 3  # one call per distinct text of the batch
+    pending = scorer.prompt_logits_start(flat_images(values), PLUGIN_SETS)
+    assert [list(o) for o in pending.result()] == _expected(values, PLUGIN_SETS)
+
+
+def test_hpsv2_without_a_local_checkpoint_downloads_only_when_allowed(fake_hpsv2, tmp_path):
+    with pytest.raises(RewardModelError, match="'xswu/HPSv2' is not a local checkpoint.*allow_download"):
+        load_reward_model(RewardSpec(kind="hpsv2", location="xswu/HPSv2", config={"device": "cpu"}))
+    with pytest.raises(RewardModelError, match="not a local checkpoint"):  # a folder without the file
+        load_reward_model(RewardSpec(kind="hpsv2", location=str(tmp_path), config={"device": "cpu"}))
+    assert fake_hpsv2 == []
+    scorer = load_reward_model(RewardSpec(kind="hpsv2", location="xswu/HPSv2",
+                                          config={"device": "cpu", "allow_download": True}))
+    scorer.prompt_logits(flat_images([5]), [["a cat"]])
+    assert fake_hpsv2[0]["cp"] is None and fake_hpsv2[0]["downloaded"]
+
+
+@pytest.fixture
+def fake_imagereward(monkeypatch):
+    loads = []
+
+    class Model:
+        def score(self, prompt, images):
+            scores = [float(_fake_score(im, prompt)) for im in images]
+            return scores[0] if len(scores) == 1 else scores  # as ImageReward: a float for one image
+
+    def load(name="ImageReward-v1.0", device="cpu", download_root=None, med_config=None):
+        loads.append({"name": name, "device": device, "med_config": med_config})
+        return Model()
+
+    _fake_module(monkeypatch, "ImageReward", load=load)
+    monkeypatch.setattr(rewards, "_cache", OrderedDict())
+    return loads
+
+
+def test_imagereward_loads_the_local_checkpoint_and_med_config(fake_imagereward, tmp_path):
+    checkpoint = tmp_path / "ImageReward.pt"
+    checkpoint.write_bytes(b"weights")
+    (tmp_path / "med_config.json").write_text("{}")
+    scorer = load_reward_model(RewardSpec(kind="imagereward", location=str(checkpoint),
+                                          config={"device": "cpu"}))
+    assert fake_imagereward == [{"name": str(checkpoint), "device": "cpu",
+                                 "med_config": str(tmp_path / "med_config.json")}]
+    values = [40, 50, 60]
+    out = scorer.prompt_logits(flat_images(values), PLUGIN_SETS)
+    assert [list(o) for o in out] == _expected(values, PLUGIN_SETS)
+    # config.med_config names one elsewhere
+    other = tmp_path / "elsewhere" / "blip.json"
+    other.parent.mkdir()
+    other.write_text("{}")
+    load_reward_model(RewardSpec(kind="imagereward", location=str(tmp_path),
+                                 config={"device": "cpu", "med_config": str(other)}))
+    assert fake_imagereward[-1] == {"name": str(checkpoint), "device": "cpu", "med_config": str(other)}
+
+
+def test_imagereward_without_local_files_downloads_only_when_allowed(fake_imagereward, tmp_path):
+    not_local = "'ImageReward-v1.0' is not a local checkpoint.*allow_download"
+    with pytest.raises(RewardModelError, match=not_local):
+        load_reward_model(RewardSpec(kind="imagereward", location="ImageReward-v1.0",
+                                     config={"device": "cpu"}))
+    checkpoint = tmp_path / "ImageReward.pt"
+    checkpoint.write_bytes(b"weights")  # but no med_config.json beside it
+    missing = re.escape(str(checkpoint)) + ".*no med_config.json.*allow_download"
+    with pytest.raises(RewardModelError, match=missing):
+        load_reward_model(RewardSpec(kind="imagereward", location=str(checkpoint), config={"device": "cpu"}))
+    assert fake_imagereward == []
+    load_reward_model(RewardSpec(kind="imagereward", location="ImageReward-v1.0",
+                                 config={"device": "cpu", "allow_download": True}))
+    assert fake_imagereward == [{"name": "ImageReward-v1.0", "device": "cpu", "med_config": None}]
+
+
+@pytest.fixture
+def throwaway_kind(monkeypatch):
+    """A registered kind whose scorers are cheap objects, and an empty cache of its own."""
+    monkeypatch.setattr(rewards, "_REGISTRY", dict(rewards._REGISTRY))
+    monkeypatch.setattr(rewards, "_cache", OrderedDict())
+    built = []
+
+    @rewards.register("throwaway")
+    def _throwaway(spec):
+        built.append(spec.fingerprint)
+        return rewards.PackagePairScorer("throwaway", lambda text, pils: [0.0] * len(pils))
+
+    def spec(name):
+        return RewardSpec(kind="throwaway", location="-", fingerprint=name, config={"device": "cpu"})
+
+    return spec, built
+
+
+def test_the_cache_keeps_the_most_recently_used_scorers(throwaway_kind, monkeypatch):
+    spec, built = throwaway_kind
+    monkeypatch.setenv("CALIBRA_REWARD_CACHE_SIZE", "2")
+    a = load_reward_model(spec("a"))
+    load_reward_model(spec("b"))
+    load_reward_model(spec("c"))
+    assert list(rewards._cache) == [("b", "cpu"), ("c", "cpu")]  # "a" evicted
+    assert load_reward_model(spec("b")) is rewards._cache[("b", "cpu")]  # reused: now most recent
+    load_reward_model(spec("d"))
+    assert list(rewards._cache) == [("b", "cpu"), ("d", "cpu")]  # "c" was the least recently used
+    assert load_reward_model(spec("a")) is not a  # rebuilt
+    assert built == ["a", "b", "c", "d", "a"]
+    # A size of 1, read at load time.
+    monkeypatch.setenv("CALIBRA_REWARD_CACHE_SIZE", "1")
+    load_reward_model(spec("e"))
+    assert list(rewards._cache) == [("e", "cpu")]
+
+
+def test_the_cache_defaults_to_two_and_gives_cuda_memory_back(throwaway_kind, monkeypatch):
+    spec, _ = throwaway_kind
+    monkeypatch.delenv("CALIBRA_REWARD_CACHE_SIZE", raising=False)
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    load_reward_model(spec("a"))
+    load_reward_model(spec("b"))
+    assert emptied == []
+    load_reward_model(spec("c"))
+    assert list(rewards._cache) == [("b", "cpu"), ("c", "cpu")]
+    assert len(emptied) == 1
+    rewards.clear_cache()
+    assert len(rewards._cache) == 0 and len(emptied) == 2
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # nothing to give back
+    for name in "abc":
+        load_reward_model(spec(name))
+    assert len(emptied) == 2
+
+
+def test_scorers_put_in_the_cache_directly_are_used_and_can_be_popped(throwaway_kind, monkeypatch):
+    spec, built = throwaway_kind
+    monkeypatch.setenv("CALIBRA_REWARD_CACHE_SIZE", "2")
+    mine = rewards.PackagePairScorer("throwaway", lambda text, pils: [1.0] * len(pils))
+    rewards._cache[("mine", "cpu")] = mine  # as the benchmarks hand a model to the worker
+    assert load_reward_model(spec("mine")) is mine and built == []
+    load_reward_model(spec("x"))
+    assert rewards._cache.pop(("mine", "cpu")) is mine
+    assert list(rewards._cache) == [("x", "cpu")]
+
+
+def test_a_bad_cache_size_is_a_clear_error(throwaway_kind, monkeypatch):
+    spec, _ = throwaway_kind
+    for bad in ("0", "two"):
+        monkeypatch.setenv("CALIBRA_REWARD_CACHE_SIZE", bad)
+        with pytest.raises(RewardModelError, match="CALIBRA_REWARD_CACHE_SIZE must be .* at least 1"):
+            load_reward_model(spec("a"))

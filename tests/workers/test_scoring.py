@@ -245,3 +245,27 @@ def test_scoring_a_generation_job_covers_the_images_it_reused(scene, model_folde
     assert (job.status, job.total_images) == ("succeeded", 6)
     scored = set(RewardScore.objects.filter(reward_model=rm).values_list("image__seed", flat=True))
     assert scored == {1, 2}
+
+
+def test_a_job_cancelled_while_it_runs_stops_and_a_retry_scores_only_the_rest(scene, model_folders, monkeypatch):
+    from annotate.services import jobs
+    from workers import scoring
+
+    ds, ckpt = scene
+    rm = reward_model_create(name="clip", kind="clip", location=str(model_folders["clip"]), config={"device": "cpu"})
+    job = scoring_job_create(reward_model=rm, checkpoint=ckpt, variants=["raw"], batch_size=4, enqueue=False)
+    real = scoring.score_rows
+
+    def cancel_after_the_first_batch(job_, batch, *args):
+        if not ScoringJob.objects.filter(pk=job.pk, status="cancelled").exists():
+            jobs.job_cancel(ScoringJob.objects.get(pk=job.pk))
+        return real(job_, batch, *args)
+
+    monkeypatch.setattr(scoring, "score_rows", cancel_after_the_first_batch)
+    assert scoring_job_execute(job.id) == 0
+    job.refresh_from_db()
+    assert job.status == "cancelled" and RewardScore.objects.count() < 12
+    monkeypatch.setattr(scoring, "score_rows", real)
+    jobs.job_retry(job)  # runs inline after commit in tests
+    job.refresh_from_db()
+    assert (job.status, job.done_images, RewardScore.objects.count()) == ("succeeded", 12, 12)

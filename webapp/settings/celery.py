@@ -5,13 +5,17 @@ from webapp.env import DATA_DIR, env
 
 
 def filesystem_broker_options(folder: Path) -> dict:
-    """Transport options of kombu's file-system broker, in ``folder`` (created here)."""
-    for sub in ("queue", "processed"):
+    """Transport options of kombu's file-system broker, in ``folder`` (created here).
+
+    ``control_folder`` (the exchange-to-queue tables) is given too: kombu's default is
+    ``control`` in the current working directory."""
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }

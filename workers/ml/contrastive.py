@@ -9,15 +9,19 @@ Rule-based (version ``RULES_VERSION``), for prompts made of counted noun phrases
   in "a cat and a dog"); colour attribute swaps (the colours exchange objects); and
 - spatial-relation swaps (left <-> right, above <-> below) for any prompt.
 Prompts that fit no rule get an empty list. The original is never in the output and the
-output has no duplicates.
+output has no duplicates. Prompts are parsed case-insensitively ("A photo of three cups"),
+and the output keeps the original's capitals ("A photo of two cups").
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 RULES_VERSION = "rules-v1"
+
+log = logging.getLogger(__name__)
 
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
@@ -126,13 +130,12 @@ def _parse_phrase(text: str) -> NounPhrase | None:
 
 
 def parse_scene(prompt: str) -> Scene | None:
-    """The prompt as counted noun phrases joined by connectors, or None if it is not one."""
-    low = prompt.strip()
+    """The prompt as counted noun phrases joined by connectors, or None if it is not one.
+    The scene is read from the lowercased prompt; ``restore_case`` puts the capitals back."""
+    low = prompt.strip().lower()
     suffix = ""
     if low.endswith("."):
         low, suffix = low[:-1], "."
-    if low != low.lower():
-        return None
     # The prefix ends right before the first count word: try each candidate start.
     starts = [m.start() for m in re.finditer(r"(?:^|(?<=\s))(?:" + "|".join(_COUNT_WORD) + r"|\d+)\s", low)]
     for start in starts:
@@ -144,6 +147,32 @@ def parse_scene(prompt: str) -> Scene | None:
         if all(phrases):
             return Scene(prefix, tuple(phrases), tuple(connectors), suffix)  # type: ignore[arg-type]
     return None
+
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z\-]*")
+
+
+def restore_case(text: str, original: str) -> str:
+    """``text``, made from the lowercased ``original``, with the original's capitals back: a
+    capital first letter, and each word written with capitals (in its singular or plural
+    form too: "two Teddy Bears" -> "a Teddy Bear"). The original's first word counts only
+    for the first letter unless it has capitals inside ("NASA")."""
+    styled: dict[str, str] = {}
+    for i, word in enumerate(_WORD.findall(original)):
+        if word == word.lower() or (i == 0 and word[1:] == word[1:].lower()):
+            continue
+        low = word.lower()
+        for form in (low, pluralize(low), singularize(low)):
+            styled.setdefault(form, word if form == low else _like(form, word))
+    out = _WORD.sub(lambda m: styled.get(m.group(), m.group()), text)
+    return out[:1].upper() + out[1:] if original.strip()[:1].isupper() else out
+
+
+def _like(form: str, model: str) -> str:
+    """``form`` written like ``model``: "tvs" like "TV" is "TVs", "bear" like "Bears" is "Bear"."""
+    if form.startswith(model.lower()):
+        return model + form[len(model):]
+    return form[:1].upper() + form[1:]
 
 
 def _count_variants(n: int) -> list[int]:
@@ -217,6 +246,7 @@ def rule_based_contrastive(prompt: str) -> list[str]:
         if len(scene.phrases) >= 2:
             composition = _each_alone(scene)
             out = composition + out + _object_swaps(scene) + _colour_swaps(scene)
+        out = [restore_case(t, prompt) for t in out]
     out += _relation_swaps(prompt)
     return [t for t in dict.fromkeys(out) if t != prompt]
 
@@ -283,18 +313,64 @@ class LanguageModelGenerator:
         self.device = device
 
     def generate(self, prompt: str) -> list[str]:
+        """Up to k lines for ``prompt``. A prompt the model fails on gives no lines (the run
+        records it as empty) rather than aborting the whole dataset."""
+        try:
+            return self._generate(prompt)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            log.warning("language model failed on prompt %r; no contrastive prompts: %s: %s",
+                        prompt, type(exc).__name__, exc)
+            return []
+
+    def _generate(self, prompt: str) -> list[str]:
         import torch
 
         s = self.settings
         text = LM_TEMPLATE.format(k=s.k, prompt=prompt)
-        enc = self.tokenizer(text, return_tensors="pt").to(self.device)
+        enc = self.tokenizer(text, return_tensors="pt")
+        enc, max_new = fit_to_context(enc, s.max_new_tokens, context_length(self.model.config))
+        if max_new < 1:
+            return []
+        enc = enc.to(self.device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(s.seed)
-            out = self.model.generate(**enc, max_new_tokens=s.max_new_tokens, do_sample=True,
+            out = self.model.generate(**enc, max_new_tokens=max_new, do_sample=True,
                                       temperature=s.temperature, top_p=s.top_p, pad_token_id=pad)
         new = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return parse_generated_lines(new, prompt=prompt, max_chars=s.max_chars, limit=s.k)
+
+
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(config) -> int | None:
+    """How many tokens (input + output) the model can see, from its config, or None if the
+    config does not say. Names differ by family (GPT-2: n_positions; most others:
+    max_position_embeddings); multimodal configs keep it in their text config."""
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in _CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_to_context(enc, max_new_tokens: int, context: int | None):
+    """The tokenised input and a max_new_tokens that fit ``context`` together: new tokens are
+    capped at what is left after the input, and an input that alone fills the context loses
+    its oldest tokens (left-truncated, so the prompt and "Captions:" at its end are kept) to
+    leave room for max_new_tokens, up to half the context. Past the context a model with
+    learned positions raises IndexError on the CPU, and a device-side assert on CUDA."""
+    if context is None:
+        return enc, max_new_tokens
+    length = enc["input_ids"].shape[1]
+    if length >= context:
+        keep = context - min(max_new_tokens, context // 2)
+        enc = type(enc)({k: v[:, -keep:] for k, v in enc.items()})
+        length = keep
+    return enc, min(max_new_tokens, context - length)
 
 
 Generator = Callable[[str], list[str]]

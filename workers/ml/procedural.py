@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from workers.ml.scenes import Scene, SceneObject, parse_scene
+from workers.ml.scenes import MAX_COUNT, Scene, SceneObject, parse_scene
 
 _PALETTE = [(230, 57, 70), (29, 53, 87), (69, 123, 157), (244, 162, 97), (42, 157, 143),
             (131, 56, 236), (255, 183, 3), (88, 129, 87), (188, 71, 73), (0, 119, 182)]
@@ -39,15 +39,23 @@ def _style(name: str) -> tuple[str, tuple[int, int, int]]:
 
 
 def _perturb(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A wrong drawing of ``scene``: an object left out, or a count off by one that stays in
+    1..MAX_COUNT (1 goes up, MAX_COUNT goes down), so the wrong scene can still be drawn and named."""
     objects = list(scene.objects)
     if len(objects) > 1 and rng.random() < 0.5:
         objects.pop(int(rng.integers(len(objects))))  # an object left out
     else:
         i = int(rng.integers(len(objects)))
-        n = objects[i].count
-        n = n + 1 if n == 1 or rng.random() < 0.5 else n - 1  # a count off by one
-        objects[i] = SceneObject(objects[i].name, n)
+        objects[i] = SceneObject(objects[i].name, _wrong_count(objects[i].count, rng))
     return Scene(tuple(objects))
+
+
+def _wrong_count(n: int, rng: np.random.Generator) -> int:
+    if n <= 1:
+        return n + 1
+    if n >= MAX_COUNT:
+        return n - 1
+    return n + 1 if rng.random() < 0.5 else n - 1
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill) -> None:
@@ -64,7 +72,15 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, 
 
 
 def render(prompt: str, *, seed: int, size: tuple[int, int] = (256, 256), error_rate: float = 0.0) -> Rendered:
-    """Draw ``prompt`` deterministically from ``seed``."""
+    """Draw ``prompt`` deterministically from ``seed``. A failure raises RuntimeError naming the
+    prompt (a job's error text must say which prompt broke, not just ``KeyError: 11``)."""
+    try:
+        return _render(prompt, seed=seed, size=size, error_rate=error_rate)
+    except Exception as exc:
+        raise RuntimeError(f"procedural render of {prompt!r} (seed {seed}): {type(exc).__name__}: {exc}") from exc
+
+
+def _render(prompt: str, *, seed: int, size: tuple[int, int], error_rate: float) -> Rendered:
     rng = np.random.default_rng(seed)
     width, height = size
     background = tuple(int(v) for v in rng.integers(225, 256, size=3))
@@ -88,6 +104,7 @@ def render(prompt: str, *, seed: int, size: tuple[int, int] = (256, 256), error_
         box = (c * cell_w + pad, r * cell_h + pad, (c + 1) * cell_w - pad, (r + 1) * cell_h - pad * 1.8)
         _draw_shape(draw, shape, box, colour)
         draw.text(((box[0] + box[2]) / 2, box[3] + 2), name, fill=(20, 20, 20), font=font, anchor="ma")
+    drawn.describe()  # the backend records it: fail here, where the prompt is known
     return Rendered(image, asked, drawn)
 
 

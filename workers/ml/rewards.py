@@ -14,15 +14,22 @@ next (on the CPU the work is done by the time ``start`` returns).
   pairs run through the matching head in batches.
 
 Nothing is loaded at import time; ``load_reward_model`` builds a scorer on first use and
-keeps it for the next call with the same fingerprint. Weights come from a local folder; a
-hub id only when ``config["allow_download"]`` is true. CPU/float32 by default, float16 on
-CUDA (``config["device"]`` and ``config["dtype"]`` override).
+keeps it for the next call with the same fingerprint, the ``CALIBRA_REWARD_CACHE_SIZE`` most
+recently used ones (default 2) per process. Weights come from a local folder (or, for the
+package plug-ins, a local checkpoint file); a hub id only when ``config["allow_download"]``
+is true. CPU/float32 by default, float16 on CUDA (``config["device"]`` and ``config["dtype"]``
+override).
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
+import inspect
 import json
+import os
+import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +64,11 @@ class RewardSpec:
 
 Factory = Callable[[RewardSpec], "RewardScorer"]
 _REGISTRY: dict[str, tuple[Factory, tuple[tuple[str, str], ...]]] = {}
-_cache: dict[tuple[str, str], RewardScorer] = {}
+# (fingerprint, device) -> scorer, least recently used first. Benchmarks put scorers in and
+# pop them out directly, so it stays a plain mapping; ``load_reward_model`` keeps the order.
+_cache: OrderedDict[tuple[str, str], RewardScorer] = OrderedDict()
+CACHE_SIZE_ENV = "CALIBRA_REWARD_CACHE_SIZE"
+DEFAULT_CACHE_SIZE = 2
 
 
 def register(kind: str, *, requires: Sequence[tuple[str, str]] = ()) -> Callable[[Factory], Factory]:
@@ -85,13 +96,60 @@ def load_reward_model(spec: RewardSpec) -> RewardScorer:
                 f"(import name {module!r}), which is not installed in this worker"
             )
     key = (spec.cache_key, _device_of(spec.config))
-    if key not in _cache:
-        _cache[key] = factory(spec)
-    return _cache[key]
+    limit = _cache_size()
+    scorer = _cache.get(key)
+    if scorer is None:
+        # Room first: the evicted model's device memory is released before the new one loads.
+        _evict_to(limit - 1)
+        scorer = factory(spec)
+        _cache[key] = scorer
+    elif hasattr(_cache, "move_to_end"):
+        _cache.move_to_end(key)
+    _evict_to(limit)  # scorers put in directly may have overfilled it
+    return scorer
 
 
 def clear_cache() -> None:
+    """Drop every cached scorer and hand their device memory back."""
     _cache.clear()
+    _release_device_memory()
+
+
+def _cache_size() -> int:
+    """How many scorers a process keeps (``CALIBRA_REWARD_CACHE_SIZE``, read at each load):
+    reward models are large, and a worker that scores with many of them in turn would
+    otherwise hold all of them on the device at once."""
+    raw = os.environ.get(CACHE_SIZE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CACHE_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise RewardModelError(f"{CACHE_SIZE_ENV} must be a whole number of at least 1, not {raw!r}")
+    return size
+
+
+def _evict_to(size: int) -> None:
+    """Drop the least recently used scorers until at most ``size`` remain."""
+    evicted = False
+    while len(_cache) > max(size, 0):
+        del _cache[next(iter(_cache))]
+        evicted = True
+    if evicted:
+        _release_device_memory()
+
+
+def _release_device_memory() -> None:
+    """Return the dropped models' cached CUDA blocks to the device, so that the next model
+    (or another process) can use them. Nothing to do where CUDA was never initialised; a
+    scorer still referenced elsewhere (a running job) is freed when that reference goes."""
+    torch = sys.modules.get("torch")  # not imported: no CUDA memory to give back
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return
+    gc.collect()  # models caught in reference cycles would otherwise keep their blocks
+    torch.cuda.empty_cache()
 
 
 def _device_of(config: dict) -> str:
@@ -458,17 +516,82 @@ class PackagePairScorer:
         return PendingLogits.ready(self.prompt_logits(images, prompt_sets))
 
 
+def _package_checkpoint(spec: RewardSpec, file_name: str) -> Path | None:
+    """The local checkpoint of a package plug-in: ``spec.location`` itself, or ``file_name``
+    in the folder it names. None when there is none but ``config["allow_download"]`` lets the
+    package fetch its own; otherwise an error, as for the hub models (``_pretrained_source``):
+    the packages download silently when given no local file."""
+    path = Path(spec.location) if spec.location else None
+    if path is not None and path.is_dir():
+        path = path / file_name
+    if path is not None and path.is_file():
+        return path
+    if spec.config.get("allow_download"):
+        return None
+    raise RewardModelError(
+        f"reward model {spec.kind!r} location {spec.location!r} is not a local checkpoint file "
+        f"(nor a folder holding {file_name!r}), and config.allow_download is not set, so the "
+        f"{spec.kind} package is not left to download it"
+    )
+
+
+def _accepts(function, parameter: str) -> bool:
+    """Whether ``function`` takes ``parameter`` (older package releases lack the local-path ones)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return True  # no signature to read: let the call say
+    return parameter in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 @register("imagereward", requires=[("ImageReward", "image-reward")])
 def _imagereward(spec: RewardSpec):
+    """ImageReward from a local ``ImageReward.pt``, with the BLIP ``med_config.json`` from
+    ``config["med_config"]`` or beside the checkpoint (``ImageReward.load`` fetches both from
+    the hub otherwise)."""
     import ImageReward  # noqa: N813  (optional dependency)
 
-    model = ImageReward.load(spec.location or "ImageReward-v1.0", device=_device_of(spec.config))
+    checkpoint = _package_checkpoint(spec, "ImageReward.pt")
+    kw = {"device": _device_of(spec.config)}
+    med_config = Path(spec.config["med_config"]) if spec.config.get("med_config") else None
+    if med_config is None and checkpoint is not None:
+        med_config = checkpoint.parent / "med_config.json"
+    if med_config is not None and med_config.is_file():
+        if not _accepts(ImageReward.load, "med_config"):
+            raise MissingDependency(
+                "reward model kind 'imagereward' with a local med_config needs image-reward 1.3 or "
+                "later (ImageReward.load(med_config=...)); this worker's release always downloads it"
+            )
+        kw["med_config"] = str(med_config)
+    elif not spec.config.get("allow_download"):
+        raise RewardModelError(
+            f"reward model 'imagereward' location {spec.location!r}: no med_config.json "
+            f"(looked for {str(med_config)!r}; set config.med_config), and config.allow_download "
+            f"is not set, so ImageReward is not left to download it"
+        )
+    name = str(checkpoint) if checkpoint is not None else (spec.location or "ImageReward-v1.0")
+    try:
+        model = ImageReward.load(name, **kw)
+    except (OSError, RuntimeError) as exc:
+        raise RewardModelError(f"reward model 'imagereward' at {spec.location}: cannot load: {exc}") from exc
     return PackagePairScorer("imagereward", lambda text, pils: model.score(text, pils))
 
 
 @register("hpsv2", requires=[("hpsv2", "hpsv2")])
 def _hpsv2(spec: RewardSpec):
+    """HPSv2 from a local checkpoint (``HPS_v2.1_compressed.pt`` or ``HPS_v2_compressed.pt``,
+    per ``config["hps_version"]``), passed as ``cp``: without it ``hpsv2.score`` downloads."""
     import hpsv2  # optional dependency
 
     version = spec.config.get("hps_version", "v2.1")
-    return PackagePairScorer("hpsv2", lambda text, pils: hpsv2.score(pils, text, hps_version=version))
+    file_name = {"v2.0": "HPS_v2_compressed.pt"}.get(version, "HPS_v2.1_compressed.pt")
+    checkpoint = _package_checkpoint(spec, file_name)
+    if checkpoint is None:
+        return PackagePairScorer("hpsv2", lambda text, pils: hpsv2.score(pils, text, hps_version=version))
+    if not _accepts(hpsv2.score, "cp"):
+        raise MissingDependency(
+            "reward model kind 'hpsv2' with a local checkpoint needs hpsv2 1.2 or later "
+            "(hpsv2.score(cp=...)); this worker's release always downloads it"
+        )
+    cp = str(checkpoint)
+    return PackagePairScorer("hpsv2", lambda text, pils: hpsv2.score(pils, text, cp=cp, hps_version=version))

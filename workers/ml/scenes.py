@@ -17,6 +17,7 @@ NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "fiv
                 "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 COUNT_WORDS = {1: "a", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven",
                8: "eight", 9: "nine", 10: "ten"}
+MAX_COUNT = max(COUNT_WORDS)  # the largest count a prompt can ask for, and a drawing show
 _IRREGULAR_PLURALS = {"deer": "deer", "teddy bear": "teddy bears"}
 
 
@@ -33,10 +34,11 @@ def article(name: str) -> str:
 
 
 def count_phrase(name: str, count: int) -> str:
-    """``a cup``, ``an apple``, ``three cups``."""
+    """``a cup``, ``an apple``, ``three cups``; digits past ``ten`` (``11 cups``), so that
+    describing any scene never fails."""
     if count == 1:
         return f"{article(name)} {name}"
-    return f"{COUNT_WORDS[count]} {plural(name)}"
+    return f"{COUNT_WORDS.get(count, str(count))} {plural(name)}"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
+from annotate.management.options import by_flags, row_named
 from annotate.models import Checkpoint, Dataset, RewardModel
 from annotate.services.scoring import ScoringError, best_of_n_create
 
@@ -23,15 +25,18 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o):
         try:
-            derived = best_of_n_create(
-                parent=Checkpoint.objects.get(name=o["parent"]),
-                reward_model=RewardModel.objects.get(name=o["reward_model"]),
-                dataset=Dataset.objects.get(name=o["dataset"]) if o["dataset"] else None,
-                n=o["n"], variant=o["variant"], prompt_set_source=o["prompt_set_source"],
-                prompt_set_version=o["prompt_set_version"], normalize=o["normalize"], scale=o["scale"],
-                temperature=o["temperature"], name=o["name"],
-            )
-        except (ScoringError, Checkpoint.DoesNotExist, RewardModel.DoesNotExist, Dataset.DoesNotExist) as exc:
-            raise CommandError(f"{exc}\nNothing was written.") from exc
+            with transaction.atomic():
+                parent = row_named(Checkpoint, "--parent", o["parent"], "checkpoint", name=o["parent"])
+                reward_model = row_named(RewardModel, "--reward-model", o["reward_model"], "reward model",
+                                       name=o["reward_model"])
+                dataset = row_named(Dataset, "--dataset", o["dataset"], "dataset", name=o["dataset"])
+                derived = best_of_n_create(
+                    parent=parent, reward_model=reward_model, dataset=dataset,
+                    n=o["n"], variant=o["variant"], prompt_set_source=o["prompt_set_source"],
+                    prompt_set_version=o["prompt_set_version"], normalize=o["normalize"], scale=o["scale"],
+                    temperature=o["temperature"], name=o["name"],
+                )
+        except (CommandError, ScoringError) as exc:
+            raise CommandError(f"{by_flags(str(exc))}\nNothing was written.") from exc
         self.stdout.write(self.style.SUCCESS(
             f"{derived.name}: {derived.images.count()} images (checkpoint {derived.id})"))

@@ -1,9 +1,15 @@
 import json
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
+from annotate.management.options import by_flags, row_named
 from annotate.models import Checkpoint, Dataset, GenerationJob, RewardModel
 from annotate.services.scoring import ScoringError, reward_model_create, scoring_job_create
+
+
+# The services name their parameters ("batch_size: ..."); the command's user knows the flags.
+_FLAG_OF = {"name": "--reward-model", "reward_model": "--reward-model"}
 
 
 class Command(BaseCommand):
@@ -30,32 +36,37 @@ class Command(BaseCommand):
         parser.add_argument("--enqueue", action="store_true", help="send to the worker instead of running here")
 
     def handle(self, *args, **o):
+        # Every write (a reward model registered here, the job) in one transaction: an error
+        # leaves nothing behind. With --enqueue the task is sent after the commit.
         try:
-            rm = RewardModel.objects.filter(name=o["reward_model"]).first()
-            if rm is None or o["kind"]:
-                if not (o["kind"] and o["location"]):
-                    raise CommandError(f"reward model {o['reward_model']!r} is not registered: give --kind and --location")
-                config = {"allow_download": True} if o["allow_download"] else {}
-                if o["device"]:
-                    config["device"] = o["device"]
-                rm = reward_model_create(name=o["reward_model"], kind=o["kind"], location=o["location"], config=config)
-            targets = {
-                "dataset": Dataset.objects.get(name=o["dataset"]) if o["dataset"] else None,
-                "checkpoint": Checkpoint.objects.get(name=o["checkpoint"]) if o["checkpoint"] else None,
-                "generation_job": GenerationJob.objects.get(pk=o["generation_job"]) if o["generation_job"] else None,
-            }
-            job = scoring_job_create(
-                reward_model=rm, **targets, variants=[v.strip() for v in o["variants"].split(",") if v.strip()],
-                prompt_set_source=o["prompt_set_source"], prompt_set_version=o["prompt_set_version"],
-                normalize=o["normalize"], scale=o["scale"], temperature=o["temperature"],
-                batch_size=o["batch_size"], enqueue=False,
-            )
-        except (ScoringError, Dataset.DoesNotExist, Checkpoint.DoesNotExist, GenerationJob.DoesNotExist) as exc:
-            raise CommandError(f"{exc}\nNothing was written.") from exc
+            with transaction.atomic():
+                targets = {
+                    "dataset": row_named(Dataset, "--dataset", o["dataset"], "dataset", name=o["dataset"]),
+                    "checkpoint": row_named(Checkpoint, "--checkpoint", o["checkpoint"], "checkpoint",
+                                          name=o["checkpoint"]),
+                    "generation_job": row_named(GenerationJob, "--generation-job", o["generation_job"],
+                                              "generation job", pk=o["generation_job"]),
+                }
+                rm = RewardModel.objects.filter(name=o["reward_model"]).first()
+                if rm is None or o["kind"]:
+                    if not (o["kind"] and o["location"]):
+                        raise CommandError(f"--reward-model {o['reward_model']!r}: not registered; "
+                                           "give --kind and --location to register it")
+                    config = {"allow_download": True} if o["allow_download"] else {}
+                    if o["device"]:
+                        config["device"] = o["device"]
+                    rm = reward_model_create(name=o["reward_model"], kind=o["kind"], location=o["location"],
+                                             config=config)
+                variants = [v.strip() for v in o["variants"].split(",") if v.strip()]
+                job = scoring_job_create(
+                    reward_model=rm, **targets, variants=variants,
+                    prompt_set_source=o["prompt_set_source"], prompt_set_version=o["prompt_set_version"],
+                    normalize=o["normalize"], scale=o["scale"], temperature=o["temperature"],
+                    batch_size=o["batch_size"], enqueue=o["enqueue"],
+                )
+        except (CommandError, ScoringError) as exc:
+            raise CommandError(f"{by_flags(str(exc), _FLAG_OF)}\nNothing was written.") from exc
         if o["enqueue"]:
-            from workers.scoring_tasks import scoring_job_run
-
-            scoring_job_run.delay(job.id)
             self.stdout.write(f"scoring job {job.id} enqueued ({job.total_images} images)")
             return
         from workers.scoring import scoring_job_execute
