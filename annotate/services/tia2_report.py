@@ -4,16 +4,65 @@ and TextNorm rows. Reads the database; the statistics are workers.stats (pure nu
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
 from annotate.models import ContrastivePromptSet, Dataset, HumanLabel, RewardScore
 from workers.stats.agreement import fleiss_kappa
+from workers.ml.textnorm import ensemble_mean, ensemble_uncertainty
 from workers.stats.reward_human import evaluate
 
 
 class Tia2ReportError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """SPEC section 2, item 5: R = mean_m p_m ("mean"), or that minus lambda times the
+    population variance of the p_m ("uncertainty"), over the TextNorm scores of ``members``:
+    each a reward model's name (when it has one TextNorm column) or a whole column name."""
+
+    members: tuple[str, ...]
+    method: str = "mean"
+    lam: float = 0.0
+
+    def __post_init__(self):
+        if len(self.members) < 2:
+            raise Tia2ReportError(f"ensemble: needs at least two reward models, not {list(self.members)}")
+        if self.method not in ("mean", "uncertainty"):
+            raise Tia2ReportError(f"ensemble method: must be mean or uncertainty, not {self.method!r}")
+        if self.method == "uncertainty" and not self.lam >= 0:
+            raise Tia2ReportError(f"ensemble lambda: must be >= 0, not {self.lam}")
+
+    @property
+    def name(self) -> str:
+        how = "mean" if self.method == "mean" else f"uncertainty lambda={self.lam:g}"
+        return f"ensemble {how} of TextNorm ({', '.join(self.members)})"
+
+
+def _member_column(columns: dict[str, dict[int, float]], member: str) -> str:
+    if member in columns and " textnorm (" in member:
+        return member
+    found = [name for name in columns if name.startswith(f"{member} textnorm (")]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise Tia2ReportError(f"ensemble: {member!r} has no TextNorm scores on TIA2's images")
+    raise Tia2ReportError(f"ensemble: {member!r} has {len(found)} TextNorm columns; name one of them whole: "
+                          + "; ".join(found))
+
+
+def _ensemble_column(columns: dict[str, dict[int, float]], ensemble: Ensemble) -> dict[int, float]:
+    """The ensemble's score of every image that all its members scored."""
+    members = [columns[_member_column(columns, m)] for m in ensemble.members]
+    ids = sorted(set.intersection(*(set(m) for m in members)))
+    if not ids:
+        raise Tia2ReportError(f"ensemble: {', '.join(ensemble.members)} have no image scored by all of them")
+    p = np.array([[m[i] for i in ids] for m in members])
+    values = ensemble_mean(p) if ensemble.method == "mean" else ensemble_uncertainty(p, lam=ensemble.lam)
+    return dict(zip(ids, values.tolist(), strict=True))
 
 
 def _label_table() -> dict:
@@ -85,7 +134,8 @@ def _import_numbers(prompt_ids: set[int]) -> dict[int, int]:
     return numbers
 
 
-def tia2_report(*, per_prompt: bool = False) -> dict:
+def tia2_report(*, per_prompt: bool = False, ensembles: list[Ensemble] = ()) -> dict:
+    """The report; ``ensembles`` adds a row per ensemble of reward models' TextNorm scores."""
     table = _label_table()
     labels, categories = table["labels"], np.array(table["categories"])
     figures = []
@@ -103,7 +153,10 @@ def tia2_report(*, per_prompt: bool = False) -> dict:
             "fleiss_kappa": kappa.to_dict()["value"],
         })
     models = []
-    for name, by_image in _score_columns(table["image_ids"]).items():
+    columns = _score_columns(table["image_ids"])
+    for ensemble in ensembles:
+        columns[ensemble.name] = _ensemble_column(columns, ensemble)
+    for name, by_image in columns.items():
         keep = np.array([i in by_image for i in table["image_ids"].tolist()])
         ids = table["image_ids"][keep]
         prompts = [p for p, k in zip(table["prompt_ids"], keep) if k]

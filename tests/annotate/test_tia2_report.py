@@ -143,3 +143,45 @@ def test_a_reimported_prompt_set_gets_a_column_of_its_own():
                                "rm textnorm (imported prompt sets import 2, none tau=2)"]
     means = [columns[n]["categories"][0]["means"][n]["auroc"] for n in sorted(columns)]
     assert means == [pytest.approx(1.0), pytest.approx(0.0)]
+
+
+@pytest.mark.django_db
+def test_an_ensemble_of_reward_models_gets_its_own_row_over_the_images_all_of_them_scored():
+    """SPEC section 2, item 5, from the command: mean and uncertainty-regularised ensembles
+    of two reward models' TextNorm scores."""
+    from annotate.models import Dataset, Prompt
+    from annotate.services.tia2_report import Ensemble, _ensemble_column, _score_columns
+
+    ds = Dataset.objects.create(name="tia2-mini", source=Dataset.Source.TIA2)
+    a, b = (RewardModel.objects.create(name=n, kind="clip", location="-") for n in ("pick", "imagereward"))
+    rows, ids = [], []
+    for p in range(2):
+        prompt = Prompt.objects.create(dataset=ds, text=f"{p + 2} cups", category="counting", source_index=p)
+        sets = ContrastivePromptSet.objects.create(prompt=prompt, source="rule_based", version="rules-1",
+                                                   texts=[f"{p + 3} cups"])
+        for k in range(4):
+            image = Image.objects.create(prompt=prompt, seed=k, index=0, source_name=f"image_{p}_{k}_0.jpg")
+            HumanLabel.objects.bulk_create([HumanLabel(image=image, slot=s, value=k % 2) for s in range(3)])
+            ids.append(image.id)
+            rows.append(RewardScore(image=image, reward_model=a, variant="textnorm", prompt_set=sets,
+                                    normalize="minmax", value=0.2 + 0.6 * (k % 2)))
+            if (p, k) != (1, 3):  # one image the second model did not score
+                rows.append(RewardScore(image=image, reward_model=b, variant="textnorm", prompt_set=sets,
+                                        normalize="minmax", value=0.4 + 0.2 * (k % 2)))
+    RewardScore.objects.bulk_create(rows)
+
+    out = report("--ensemble", "pick,imagereward", "--method", "uncertainty", "--lam", "0.5")
+    rows = {m["score"]: m for m in out["reward_models"]}
+    name = "ensemble uncertainty lambda=0.5 of TextNorm (pick, imagereward)"
+    assert rows[name]["images_scored"] == 7
+    assert rows[name]["categories"][0]["means"][name]["auroc"] == pytest.approx(1.0)
+    # mean 0.3 + 0.4 a; population variance ((p_a - p_b) / 2)^2 = 0.01 for aligned and not.
+    column = _ensemble_column(_score_columns(np.array(ids)), Ensemble(("pick", "imagereward"), "uncertainty", 0.5))
+    aligned = {i: n % 2 for n, i in enumerate(ids)}
+    assert column == pytest.approx({i: 0.3 + 0.4 * aligned[i] - 0.5 * 0.01 for i in ids[:-1]})
+    mean = _ensemble_column(_score_columns(np.array(ids)), Ensemble(("pick", "imagereward")))
+    assert mean == pytest.approx({i: 0.3 + 0.4 * aligned[i] for i in ids[:-1]})
+    with pytest.raises(CommandError, match="ensemble: needs at least two reward models"):
+        report("--ensemble", "pick")
+    with pytest.raises(CommandError, match="ensemble: 'hps' has no TextNorm scores"):
+        report("--ensemble", "pick,hps")

@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.services.tia2_report import Tia2ReportError, tia2_report
+from annotate.services.tia2_report import Ensemble, Tia2ReportError, tia2_report
 
 METRICS = ["auroc", "auprc", "ap@5", "ap@10", "ap@25", "spearman", "kendall"]
 
@@ -19,11 +19,20 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="one JSON document instead of tables")
         parser.add_argument("--per-prompt", action="store_true",
                             help="add each prompt's text, positive rate and metrics")
+        parser.add_argument("--ensemble", action="append", default=[], metavar="MODEL,MODEL[,...]",
+                            help="a row for the ensemble of these reward models' TextNorm scores (SPEC section 2: "
+                                 "TextNorm's published one is ImageReward + PickScore); repeatable")
+        parser.add_argument("--method", choices=["mean", "uncertainty"], default="mean",
+                            help="ensemble: the mean, or the mean minus lambda times the variance")
+        parser.add_argument("--lam", type=float, default=0.1, help="lambda for --method uncertainty")
 
     def handle(self, *args, **options):
         as_json, per_prompt = options["json"], options["per_prompt"]
         try:
-            report = tia2_report(per_prompt=per_prompt)
+            ensembles = [Ensemble(tuple(m.strip() for m in spec.split(",") if m.strip()), options["method"],
+                                  options["lam"] if options["method"] == "uncertainty" else 0.0)
+                         for spec in options["ensemble"]]
+            report = tia2_report(per_prompt=per_prompt, ensembles=ensembles)
         except Tia2ReportError as exc:
             raise CommandError(str(exc)) from exc
         if as_json:
