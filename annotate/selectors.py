@@ -2,11 +2,12 @@
 import functools
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, QuerySet, Sum
 from django.urls import get_script_prefix, reverse
 
 from annotate.models import (
-    Assignment, Dataset, GenerationJob, Image, Judgment, Prompt, Report, Study, StudyItem, StudyMembership,
+    Assignment, Checkpoint, Dataset, GenerationJob, Image, Judgment, Prompt, Report, ScoringJob, Study, StudyItem,
+    StudyMembership,
 )
 
 
@@ -15,8 +16,15 @@ def dataset_list_with_counts() -> QuerySet[Dataset]:
 
 
 def study_list_with_reports(*, limit: int = 50, reports_per_study: int = 3) -> list[Study]:
-    """The latest studies, each with ``recent_reports``: its last few reports (one query for all)."""
+    """The latest studies, each with ``recent_reports`` (its last few reports, one query for
+    all) and ``judgments`` (the sum of its items' counts: one grouped query over the items of
+    these studies only, through the index that leads with the study)."""
     studies = list(Study.objects.order_by("-created_at")[:limit])
+    judged = dict(StudyItem.objects.filter(study__in=studies).values("study").annotate(n=Sum("judgment_count"))
+                  .values_list("study", "n"))
+    for study in studies:
+        study.judgments = judged.get(study.pk) or 0
+        study.target = study.item_count * study.redundancy
     recent: dict[int, list] = {}
     for report in Report.objects.filter(study__in=studies).order_by("-created_at"):
         if len(recent.setdefault(report.study_id, [])) < reports_per_study:
@@ -28,6 +36,14 @@ def study_list_with_reports(*, limit: int = 50, reports_per_study: int = 3) -> l
 
 def generation_job_list(*, limit: int = 50) -> QuerySet[GenerationJob]:
     return GenerationJob.objects.select_related("checkpoint", "dataset").order_by("-created_at")[:limit]
+
+
+def scoring_job_list(*, limit: int = 50) -> QuerySet[ScoringJob]:
+    return ScoringJob.objects.select_related("reward_model", "checkpoint", "dataset").order_by("-created_at")[:limit]
+
+
+def checkpoint_list(*, limit: int = 200) -> QuerySet[Checkpoint]:
+    return Checkpoint.objects.select_related("derived_from").order_by("name")[:limit]
 
 
 def dataset_prompts_with_images(*, dataset: Dataset, limit: int = 60) -> list[Prompt]:

@@ -2,7 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
-from annotate import apis, apis_jobs, views
+from annotate import apis, apis_jobs, views, views_create, views_models, views_study
 
 api = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -47,5 +47,8 @@ urlpatterns = [
     path("annotate/<uuid:study_id>/items/<uuid:item_id>/<str:slot>.jpg", views.annotate_image,
          name="annotate-image"),
     path("s/<uuid:study_id>/", views.crowd_start, name="crowd-start"),
+    *views_study.urlpatterns,  # researchers: a study's page and its actions
+    *views_models.urlpatterns,  # researchers: jobs, checkpoint galleries, reward models against humans
+    *views_create.urlpatterns,  # researchers: new studies
     *api,
 ]

@@ -37,7 +37,9 @@ def researcher_required(view):
 def _researcher_home(request, *, status: int = 200, **extra):
     context = {
         "datasets": selectors.dataset_list_with_counts(),
-        "jobs": selectors.generation_job_list(),
+        "jobs": selectors.generation_job_list(limit=10),
+        "scoring_jobs": selectors.scoring_job_list(limit=10),
+        "checkpoints": selectors.checkpoint_list(),
         "studies": selectors.study_list_with_reports(),
         "report_formats": Report.Format.choices,
         **extra,

@@ -37,3 +37,11 @@ def report_build(report_id: int) -> str:
     from annotate.services.reports import report_build as build
 
     return build(report_id).file.name
+
+
+@shared_task(name="workers.tasks.tia2_report_build", acks_late=True)
+def tia2_report_build() -> str:
+    """The reward models against TIA2's labels, for the dashboard (kept in the shared cache)."""
+    from annotate.selectors_models import tia2_report_compute
+
+    return tia2_report_compute()["fingerprint"]

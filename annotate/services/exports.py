@@ -122,7 +122,7 @@ def judgments_export_chunks(*, study: Study, fmt: str, chunk_size: int | None = 
     writer = csv.writer(buffer, lineterminator="\n")
     if fmt == "csv":
         writer.writerow(COLUMNS)
-        yield _take(buffer)
+        yield take(buffer)
     alias = router.db_for_read(Judgment)
     streams = connections[alias].vendor == "postgresql"
     with transaction.atomic(using=alias) if streams else nullcontext():
@@ -134,10 +134,11 @@ def judgments_export_chunks(*, study: Study, fmt: str, chunk_size: int | None = 
                 dumps = json.dumps
                 buffer.write("".join(dumps(dict(zip(COLUMNS, _record(row, tz))), ensure_ascii=False) + "\n"
                                      for row in chunk))
-            yield _take(buffer)
+            yield take(buffer)
 
 
-def _take(buffer: io.StringIO) -> str:
+def take(buffer: io.StringIO) -> str:
+    """What the buffer holds, emptying it (a streamed response's next piece)."""
     text = buffer.getvalue()
     buffer.seek(0)
     buffer.truncate()

@@ -38,6 +38,19 @@ def job_retry(job: GenerationJob | ScoringJob) -> GenerationJob | ScoringJob:
 
 
 @transaction.atomic
+def job_requeue_succeeded(job: GenerationJob | ScoringJob) -> bool:
+    """Queue a succeeded job again (new prompts or images since it ran: it does only what is
+    missing). False when it is no longer succeeded."""
+    model = type(job)
+    if not model.objects.filter(pk=job.pk, status=WorkerJob.Status.SUCCEEDED).update(
+            status=WorkerJob.Status.QUEUED, error="", finished_at=None):
+        return False
+    task = _task_for(job)
+    transaction.on_commit(lambda: task.delay(job.pk))
+    return True
+
+
+@transaction.atomic
 def job_cancel(job: GenerationJob | ScoringJob) -> GenerationJob | ScoringJob:
     """Stop a queued or running job: workers check the status between batches and chunks."""
     model = type(job)

@@ -10,10 +10,10 @@ from typing import NamedTuple
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from annotate.models import Checkpoint, Dataset, Image, Study, StudyItem, StudyMembership
+from annotate.models import Assignment, Checkpoint, Dataset, Image, Study, StudyItem, StudyMembership
 from annotate.roles import ANNOTATORS
 
 PAIRWISE_QUESTION = "Which image matches the description better?"
@@ -166,6 +166,56 @@ def study_close(*, study: Study) -> Study:
     study.status, study.closed_at = Study.Status.CLOSED, timezone.now()
     study.save(update_fields=["status", "closed_at"])
     return study
+
+
+@transaction.atomic
+def study_reopen(*, study: Study) -> Study:
+    """A closed study open again (closed_at cleared, opened_at kept); an open one is left as it is."""
+    if study.status == Study.Status.OPEN:
+        return study
+    if study.status != Study.Status.CLOSED:
+        raise StudyError("only a closed study can be reopened; a draft is opened")
+    if not study.items.exists():
+        raise StudyError("a study without items cannot be opened")
+    study.status, study.closed_at = Study.Status.OPEN, None
+    study.save(update_fields=["status", "closed_at"])
+    return study
+
+
+PAUSED_REASON_MAX = StudyMembership._meta.get_field("paused_reason").max_length
+
+
+@transaction.atomic
+def membership_pause(*, membership: StudyMembership, reason: str = "") -> StudyMembership:
+    """Stop an annotator getting items in one study (the engine refuses a paused member new
+    leases and answers). The leases they hold are released, so their slots go back to the
+    items now rather than when they lapse."""
+    reason = reason.strip()
+    if len(reason) > PAUSED_REASON_MAX:
+        raise StudyError(f"the reason must be at most {PAUSED_REASON_MAX} characters")
+    StudyMembership.objects.filter(pk=membership.pk).update(is_paused=True, paused_reason=reason)
+    # The items and the leases locked together, as the lapsed-lease release does, so that an
+    # answer being stored under one of the leases finishes first or sees it released.
+    items = list(StudyItem.objects.select_for_update()
+                 .filter(study_id=membership.study_id, assignments__annotator_id=membership.annotator_id,
+                         assignments__state=Assignment.State.ACTIVE).values_list("pk", flat=True))
+    if items:
+        Assignment.objects.filter(item_id__in=items, annotator_id=membership.annotator_id,
+                                  state=Assignment.State.ACTIVE).update(state=Assignment.State.RELEASED)
+        # One active lease per annotator and item: each item gives back one slot.
+        StudyItem.objects.filter(pk__in=items).update(taken=F("taken") - 1)
+    membership.is_paused, membership.paused_reason = True, reason
+    return membership
+
+
+@transaction.atomic
+def membership_resume(*, membership: StudyMembership) -> StudyMembership:
+    """Let a paused annotator get items again; the reason is cleared. A pause for low gold
+    accuracy comes back at their next gold answer if the accuracy is still below the bar,
+    and the judgments it flagged stay flagged (the report decides whether to count them)."""
+    StudyMembership.objects.filter(pk=membership.pk).update(is_paused=False, paused_reason="")
+    membership.is_paused, membership.paused_reason = False, ""
+    return membership
 
 
 @transaction.atomic

@@ -23,7 +23,7 @@ def test_researcher_sees_datasets_and_jobs(client, researcher):
     Dataset.objects.create(name="tia2-counting", source="tia2", category="counting")
     client.force_login(researcher)
     body = client.get("/").content.decode()
-    assert "tia2-counting" in body and "Generation jobs" in body
+    assert "tia2-counting" in body and "No job yet" in body and "New study" in body
 
 
 def test_annotator_sees_no_research_data(client, annotator):

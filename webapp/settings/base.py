@@ -118,3 +118,14 @@ CALIBRA_GENERATION_CHUNK_SIZE = env.int("CALIBRA_GENERATION_CHUNK_SIZE", default
 # config.compile; "1"/"0" forces it on or off for this worker.
 CALIBRA_GENERATION_COMPILE = env.bool("CALIBRA_GENERATION_COMPILE") if env.str("CALIBRA_GENERATION_COMPILE", "") else None
 CALIBRA_ENCODE_THREADS = env.int("CALIBRA_ENCODE_THREADS", default=2)
+
+# A cache that the web processes and the workers share: computed pages (the reward models
+# against TIA2's labels) are built by a worker and read by any web process. Redis where the
+# broker is Redis; a folder under the data directory in the embedded mode.
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):  # noqa: F405
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": env.str("CACHE_URL", default=CELERY_BROKER_URL),  # noqa: F405
+                          "KEY_PREFIX": "calibra"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                          "LOCATION": env.str("CACHE_URL", default=str(DATA_DIR / "cache")), "KEY_PREFIX": "calibra"}}
