@@ -48,6 +48,20 @@ def main() -> None:
         annotator.click(".instructions summary")  # folded, as after the first answer
         annotator.wait_for_timeout(300)
         annotator.screenshot(path=args.out / "annotate.png")
+        # Some answers (keys 1, 2 and 0: left, right, tie), so that the study page has figures.
+        for key in "1210212011":
+            before = annotator.locator("#progress-text").inner_text()
+            annotator.keyboard.press(key)
+            annotator.wait_for_function(
+                "before => document.getElementById('progress-text').textContent !== before", arg=before)
+        page.set_viewport_size({"width": 1100, "height": 1500})
+        page.goto(f"{args.base}/")
+        page.click("text=Demo: careful vs sloppy")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=args.out / "study.png")
+        page.set_viewport_size({"width": 1100, "height": 640})
+        page.goto(f"{args.base}/")
+        page.screenshot(path=args.out / "overview.png")
         browser.close()
 
 

@@ -26,6 +26,28 @@ def test_researcher_sees_datasets_and_jobs(client, researcher):
     assert "tia2-counting" in body and "No job yet" in body and "New study" in body
 
 
+def test_the_overview_lists_every_kind_of_job_checkpoint_and_study(client, researcher):
+    from annotate.models import Checkpoint, GenerationJob, Prompt, RewardModel, ScoringJob
+    from tests.factories import open_pairwise
+
+    study = open_pairwise()
+    dataset = Dataset.objects.create(name="tia2-counting", source="tia2", category="counting")
+    Prompt.objects.create(dataset=dataset, text="two cups", source_index=0)
+    parent = Checkpoint.objects.get(name="alpha-ckpt")
+    derived = Checkpoint.objects.create(name="alpha best-of-4", backend="best_of_n", derived_from=parent)
+    model = RewardModel.objects.create(name="pick", kind="pickscore", location="-")
+    GenerationJob.objects.create(checkpoint=parent, dataset=dataset, seeds=[0], total_images=1, status="failed",
+                                 error="CUDA error: out of memory")
+    ScoringJob.objects.create(reward_model=model, dataset=dataset, variants=["raw"], total_images=4, done_images=2)
+    client.force_login(researcher)
+    body = client.get("/").content.decode()
+    assert reverse("study-detail", args=[study.id]) in body and f"0 / {study.item_count * study.redundancy}" in body
+    assert reverse("checkpoint-gallery", args=[derived.id]) in body and "alpha-ckpt" in body
+    assert "out of memory" in body and "pick · tia2-counting · raw" in body and "2 / 4" in body
+    for name in ("study-create", "jobs", "reward-models"):
+        assert reverse(name) in body
+
+
 def test_annotator_sees_no_research_data(client, annotator):
     dataset = Dataset.objects.create(name="tia2-counting", source="tia2")
     client.force_login(annotator)
