@@ -96,7 +96,9 @@ class JudgmentsPerHour:
 def study_judgments_per_hour(study: Study, hours: int = 48, now: datetime | None = None) -> JudgmentsPerHour:
     """Judgments per clock hour (UTC) over the last ``hours`` hours, the current one included,
     and the recent rate: the judgments of the last RATE_WINDOW_HOURS buckets over the time
-    from the first of them to now. One GROUP BY over the study's recent judgments."""
+    from the first of them (or from the study's opening, when it opened since) to now, so
+    that a study opened ten minutes ago is not judged by six hours. One GROUP BY over the
+    study's recent judgments."""
     now = now or timezone.now()
     current = now.astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
     starts = [current - timedelta(hours=k) for k in range(hours - 1, -1, -1)]
@@ -106,7 +108,8 @@ def study_judgments_per_hour(study: Study, hours: int = 48, now: datetime | None
         .annotate(n=Count("pk")).order_by().values_list("hour", "n"))
     counts = [per_hour.get(start, 0) for start in starts]
     window = min(RATE_WINDOW_HOURS, hours)
-    elapsed_h = (now - starts[-window]).total_seconds() / 3600
+    since = starts[-window] if study.opened_at is None else max(starts[-window], study.opened_at)
+    elapsed_h = max((now - since).total_seconds(), 60.0) / 3600  # at least a minute: no rate from seconds
     rate = sum(counts[-window:]) / elapsed_h if elapsed_h > 0 else 0.0
     return JudgmentsPerHour(hours=starts, counts=counts, now=now, rate_per_hour=rate)
 

@@ -49,6 +49,7 @@ def main() -> None:
         annotator.wait_for_timeout(300)
         annotator.screenshot(path=args.out / "annotate.png")
         # Some answers (keys 1, 2 and 0: left, right, tie), so that the study page has figures.
+        annotator.evaluate("document.activeElement && document.activeElement.blur()")  # keys go to the page
         for key in "1210212011":
             before = annotator.locator("#progress-text").inner_text()
             annotator.keyboard.press(key)

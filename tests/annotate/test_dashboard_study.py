@@ -99,6 +99,7 @@ def test_judgments_per_hour_rate_and_eta_by_hand():
              now - timedelta(hours=50)]  # 10:30 two days before: outside the 48 hours
     for user, at in zip([a, a, a, b, b], times):
         answer_next(study, user, now=at)
+    study.opened_at = now - timedelta(days=3)
     pace = sel.study_judgments_per_hour(study, hours=48, now=now)
     assert len(pace.hours) == len(pace.counts) == 48
     assert pace.hours[0] == datetime(2024, 12, 30, 13, tzinfo=dt_timezone.utc)
@@ -115,6 +116,9 @@ def test_judgments_per_hour_rate_and_eta_by_hand():
     assert format_duration(0.25) == "15 min" and format_duration(50) == "2 d 2 h"
     quiet = sel.study_judgments_per_hour(study, now=now + timedelta(hours=7))
     assert quiet.rate_per_hour == 0 and sel.eta_hours(progress, quiet) is None
+    # Opened three hours ago: its three judgments are one an hour, not three over 5.5 hours.
+    study.opened_at = now - timedelta(hours=3)
+    assert sel.study_judgments_per_hour(study, now=now).rate_per_hour == pytest.approx(3 / 3.0)
 
 
 def test_page_draws_the_chart_and_the_eta(client, researcher):
