@@ -15,8 +15,8 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from annotate.models import (
-    Checkpoint, ContrastivePromptSet, GenerationJob, HumanLabel, Image, Prompt, RewardModel, RewardScore,
-    ScoringJob, WorkerJob,
+    Checkpoint, ContrastivePromptSet, Dataset, GenerationJob, HumanLabel, Image, Judgment, Prompt, RewardModel,
+    RewardScore, ScoringJob, Study, WorkerJob,
 )
 
 JOBS_LIMIT = 100
@@ -44,7 +44,26 @@ def job_get(*, kind: str, job_id: int) -> GenerationJob | ScoringJob | None:
     return model and model.objects.filter(pk=job_id).first()
 
 
-# ---- a checkpoint's gallery --------------------------------------------------------------
+# ---- galleries: a checkpoint's images, or a dataset's own (TIA2's) ----------------------
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The images a gallery shows: a checkpoint's, or the images of a dataset that no
+    checkpoint made (TIA2's, imported with their human labels)."""
+
+    checkpoint: Checkpoint | None = None
+    dataset: Dataset | None = None
+
+    def q(self, prefix: str = "") -> Q:
+        """These images, as a filter on Image (or on a model whose ``prefix`` leads to one)."""
+        if self.checkpoint is not None:
+            return Q(**{f"{prefix}checkpoint": self.checkpoint})
+        return Q(**{f"{prefix}prompt__dataset": self.dataset, f"{prefix}checkpoint__isnull": True})
+
+    @property
+    def title(self) -> str:
+        return self.checkpoint.name if self.checkpoint is not None else f"{self.dataset.name}: its own images"
+
 
 @dataclass(frozen=True)
 class TextnormSetting:
@@ -79,17 +98,16 @@ def checkpoint_get(*, checkpoint_id: int) -> Checkpoint | None:
     return Checkpoint.objects.select_related("derived_from").filter(pk=checkpoint_id).first()
 
 
-def checkpoint_reward_models(*, checkpoint: Checkpoint) -> list[RewardModel]:
-    """The reward models with at least one score on the checkpoint's images (EXISTS per model)."""
-    scored = RewardScore.objects.filter(reward_model=OuterRef("pk"), image__checkpoint=checkpoint)
+def gallery_reward_models(*, source: ImageSource) -> list[RewardModel]:
+    """The reward models with at least one score on the source's images (EXISTS per model)."""
+    scored = RewardScore.objects.filter(source.q("image__"), reward_model=OuterRef("pk"))
     return list(RewardModel.objects.filter(Exists(scored)).order_by("name"))
 
 
-def checkpoint_textnorm_settings(*, checkpoint: Checkpoint,
-                                 reward_model: RewardModel) -> list[TextnormSetting]:
-    """The TextNorm settings of the model's scores on the checkpoint, the most common first."""
+def gallery_textnorm_settings(*, source: ImageSource, reward_model: RewardModel) -> list[TextnormSetting]:
+    """The TextNorm settings of the model's scores on the source's images, the most common first."""
     rows = (RewardScore.objects
-            .filter(image__checkpoint=checkpoint, reward_model=reward_model,
+            .filter(source.q("image__"), reward_model=reward_model,
                     variant=RewardScore.Variant.TEXTNORM)
             .values_list("prompt_set__source", "prompt_set__version", "normalize", "scale", "temperature")
             .annotate(n=Count("id")).order_by())
@@ -101,8 +119,8 @@ def checkpoint_textnorm_settings(*, checkpoint: Checkpoint,
     return sorted(settings, key=lambda s: (-s.scores, s.key))
 
 
-def checkpoint_categories(*, checkpoint: Checkpoint) -> list[str]:
-    has_images = Image.objects.filter(prompt=OuterRef("pk"), checkpoint=checkpoint)
+def gallery_categories(*, source: ImageSource) -> list[str]:
+    has_images = Image.objects.filter(source.q(), prompt=OuterRef("pk"))
     return list(Prompt.objects.filter(Exists(has_images)).exclude(category="")
                 .order_by("category").values_list("category", flat=True).distinct())
 
@@ -112,31 +130,43 @@ def image_with_file(*, image_id: int) -> Image | None:
     return Image.objects.only("id", "file").exclude(file="").filter(pk=image_id).first()
 
 
-def _gallery_images(*, checkpoint: Checkpoint, category: str, label: str) -> QuerySet[Image]:
-    images = Image.objects.filter(checkpoint=checkpoint)
+def _rated(source: ImageSource):
+    """Per image of the source rated in binary rating studies: its aligned and all answers."""
+    return (Judgment.objects.filter(source.q("item__image_a__"), item__study__kind=Study.Kind.RATING,
+                                    choice__in=[Judgment.Choice.ALIGNED, Judgment.Choice.NOT_ALIGNED])
+            .values("item__image_a_id").order_by()
+            .annotate(yes=Count("id", filter=Q(choice=Judgment.Choice.ALIGNED)), n=Count("id")))
+
+
+def _gallery_images(*, source: ImageSource, category: str, label: str) -> QuerySet[Image]:
+    images = Image.objects.filter(source.q())
     if category:
         images = images.filter(prompt__category=category)
     if label in LABEL_FILTERS:
-        # SPEC section 1: aligned when at least 2 of the 3 labels equal 1; unlabelled images are out.
+        # Imported labels (SPEC section 1: aligned when at least 2 of the 3 equal 1), or the
+        # majority of the answers in rating studies (a tie counts as neither); unlabelled images are out.
         ones = Count("id", filter=Q(value=HumanLabel.Value.ALIGNED))
-        labelled = (HumanLabel.objects.filter(image__checkpoint=checkpoint).values("image_id")
+        labelled = (HumanLabel.objects.filter(source.q("image__")).values("image_id")
                     .annotate(ones=ones).order_by())
         labelled = labelled.filter(ones__gte=2) if label == "aligned" else labelled.filter(ones__lt=2)
-        images = images.filter(id__in=labelled.values("image_id"))
+        rated = _rated(source)
+        rated = (rated.filter(yes__gt=F("n") - F("yes")) if label == "aligned"
+                 else rated.filter(yes__lt=F("n") - F("yes")))
+        images = images.filter(Q(id__in=labelled.values("image_id")) | Q(id__in=rated.values("item__image_a_id")))
     return images
 
 
-def checkpoint_gallery_page(
-    *, checkpoint: Checkpoint, reward_model: RewardModel | None, setting: TextnormSetting | None,
+def gallery_page(
+    *, source: ImageSource, reward_model: RewardModel | None, setting: TextnormSetting | None,
     category: str = "", label: str = "", page: str | int | None = 1,
 ) -> Page:
-    """A page of the checkpoint's prompts (12, by source_index) that have images passing the
+    """A page of the source's prompts (12, by source_index) that have images passing the
     filters. Each prompt carries ``gallery_images`` (its first IMAGES_PER_PROMPT by seed and
     index) and ``image_total``; each image ``raw``, ``textnorm`` (the score in ``setting``),
     ``textnorm_alternatives`` (other scores in that setting: re-imported prompt sets, the
-    newest set's shown), ``labels`` (slot order) and ``aligned``. Seven queries whatever
-    the page holds."""
-    images = _gallery_images(checkpoint=checkpoint, category=category, label=label)
+    newest set's shown), ``labels`` (slot order), ``rated`` ((aligned, all) answers in rating
+    studies) and ``aligned``. Eight queries whatever the page holds."""
+    images = _gallery_images(source=source, category=category, label=label)
     prompts = (Prompt.objects.filter(Exists(images.filter(prompt=OuterRef("pk"))))
                .order_by("source_index", "dataset_id", "id"))
     page_obj = Paginator(prompts, PROMPTS_PER_PAGE).get_page(page)
@@ -153,6 +183,7 @@ def checkpoint_gallery_page(
         image.raw = image.textnorm = None
         image.textnorm_alternatives = 0
         image.labels = []
+        image.rated = None
         by_prompt[image.prompt_id].append(image)
         totals[image.prompt_id] = image.prompt_total
     shown = {image.id: image for group in by_prompt.values() for image in group}
@@ -161,9 +192,14 @@ def checkpoint_gallery_page(
     for image_id, value in (HumanLabel.objects.filter(image_id__in=list(shown))
                             .order_by("image_id", "slot").values_list("image_id", "value")):
         shown[image_id].labels.append(value)
+    for image_id, yes, n in _rated(source).filter(item__image_a_id__in=list(shown)).values_list(
+            "item__image_a_id", "yes", "n"):
+        shown[image_id].rated = (yes, n)
     for image in shown.values():
         ones = sum(v == HumanLabel.Value.ALIGNED for v in image.labels)
         image.aligned = ones >= 2 if image.labels else None
+        if image.aligned is None and image.rated and image.rated[0] * 2 != image.rated[1]:
+            image.aligned = image.rated[0] * 2 > image.rated[1]
         image.selected_from = image.metadata.get("selected_from")
     for prompt in page_prompts:
         prompt.gallery_images = by_prompt.get(prompt.id, [])

@@ -5,13 +5,13 @@ import mimetypes
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, re_path, reverse
 from django.views.decorators.http import require_POST
 
 from annotate import charts
 from annotate import selectors_models as sel
-from annotate.models import WorkerJob
+from annotate.models import Dataset, WorkerJob
 from annotate.services import jobs as job_services
 from annotate.views import researcher_required
 
@@ -64,31 +64,41 @@ def _int_or_none(value: str) -> int | None:
         return None
 
 
+def _gallery(request, source):
+    reward_models = sel.gallery_reward_models(source=source)
+    wanted = _int_or_none(request.GET.get("reward_model"))
+    reward_model = next((m for m in reward_models if m.id == wanted), next(iter(reward_models), None))
+    settings = sel.gallery_textnorm_settings(source=source, reward_model=reward_model) if reward_model else []
+    setting = next((s for s in settings if s.key == request.GET.get("textnorm")), next(iter(settings), None))
+    category = request.GET.get("category", "")
+    label = request.GET.get("label", "")
+    label = label if label in sel.LABEL_FILTERS else ""
+    page = sel.gallery_page(source=source, reward_model=reward_model, setting=setting,
+                            category=category, label=label, page=request.GET.get("page"))
+    # The filters without the page, for the pagination links.
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "dashboard/gallery.html", {
+        "source": source, "checkpoint": source.checkpoint, "dataset": source.dataset,
+        "reward_models": reward_models, "reward_model": reward_model, "settings": settings, "setting": setting,
+        "categories": sel.gallery_categories(source=source),
+        "category": category, "label": label, "page": page, "filters": query.urlencode(),
+    })
+
+
 @researcher_required
 def checkpoint_gallery(request, checkpoint_id: int):
     checkpoint = sel.checkpoint_get(checkpoint_id=checkpoint_id)
     if checkpoint is None:
         raise Http404
-    reward_models = sel.checkpoint_reward_models(checkpoint=checkpoint)
-    wanted = _int_or_none(request.GET.get("reward_model"))
-    reward_model = next((m for m in reward_models if m.id == wanted), next(iter(reward_models), None))
-    settings = sel.checkpoint_textnorm_settings(checkpoint=checkpoint, reward_model=reward_model) \
-        if reward_model else []
-    setting = next((s for s in settings if s.key == request.GET.get("textnorm")), next(iter(settings), None))
-    category = request.GET.get("category", "")
-    label = request.GET.get("label", "")
-    label = label if label in sel.LABEL_FILTERS else ""
-    page = sel.checkpoint_gallery_page(checkpoint=checkpoint, reward_model=reward_model, setting=setting,
-                                       category=category, label=label, page=request.GET.get("page"))
-    # The filters without the page, for the pagination links.
-    query = request.GET.copy()
-    query.pop("page", None)
-    return render(request, "dashboard/gallery.html", {
-        "checkpoint": checkpoint, "reward_models": reward_models, "reward_model": reward_model,
-        "settings": settings, "setting": setting,
-        "categories": sel.checkpoint_categories(checkpoint=checkpoint),
-        "category": category, "label": label, "page": page, "filters": query.urlencode(),
-    })
+    return _gallery(request, sel.ImageSource(checkpoint=checkpoint))
+
+
+@researcher_required
+def dataset_gallery(request, dataset_id: int):
+    """A dataset's own images (TIA2's), with their human labels and reward scores."""
+    dataset = get_object_or_404(Dataset, pk=dataset_id)
+    return _gallery(request, sel.ImageSource(dataset=dataset))
 
 
 @researcher_required
@@ -154,6 +164,7 @@ urlpatterns = [
     re_path(r"^jobs/(?P<kind>generation|scoring)/(?P<job_id>[0-9]+)/retry/$", job_retry, name="job-retry"),
     re_path(r"^jobs/(?P<kind>generation|scoring)/(?P<job_id>[0-9]+)/cancel/$", job_cancel, name="job-cancel"),
     path("checkpoints/<int:checkpoint_id>/", checkpoint_gallery, name="checkpoint-gallery"),
+    path("datasets/<int:dataset_id>/gallery/", dataset_gallery, name="dataset-gallery"),
     path("images/<int:image_id>.jpg", researcher_image, name="researcher-image"),
     path("reward-models/", reward_models, name="reward-models"),
     path("reward-models/refresh/", reward_models_refresh, name="reward-models-refresh"),

@@ -1,6 +1,7 @@
 """The researcher's model pages: jobs (progress, retry, cancel), a checkpoint's gallery with raw
 and TextNorm scores, the image view, and reward models against TIA2's human labels (cached)."""
 import re
+import uuid
 
 import pytest
 from django.core.cache import cache
@@ -264,6 +265,60 @@ def test_the_gallery_filters_by_category_and_by_the_human_majority(client, resea
     none = client.get(url, {"label": "aligned", "category": "composition"}).content.decode()
     assert "No image matches" in none
     assert len(_scores_by_image(client.get(url, {"label": "bogus"}).content.decode())) == 6  # ignored
+
+
+def test_the_gallery_takes_labels_from_rating_studies_too(client, researcher):
+    """A checkpoint's images have no imported labels: the majority of a rating study's
+    answers labels them (2 of 3 aligned: aligned; a tie: neither)."""
+    from annotate.services.annotation import assignment_next, judgment_submit, skip_submit
+    from annotate.services.studies import study_add_members, study_create_rating, study_open
+    from tests.factories import annotators
+
+    checkpoint, _ = _scored_checkpoint(prompts=1, per_prompt=2, categories=("counting",))
+    first, second = Image.objects.filter(checkpoint=checkpoint).order_by("index")
+    study = study_create_rating(name="rate", dataset=first.prompt.dataset, checkpoints=[checkpoint], redundancy=3)
+    people = annotators(3)
+    study_add_members(study=study, usernames=[u.username for u in people])
+    study_open(study=study)
+    wanted = {(first.id, 0): "aligned", (first.id, 1): "aligned", (first.id, 2): "not_aligned",
+              (second.id, 0): "aligned", (second.id, 1): "not_aligned"}  # the second: a tie
+    for k, person in enumerate(people):
+        while (lease := assignment_next(study=study, annotator=person)) is not None:
+            choice = wanted.get((lease.item.image_a_id, k))
+            if choice is None:  # not theirs to answer, in whatever order the queue offers it
+                skip_submit(study=study, annotator=person, item_public_id=lease.item.public_id,
+                            client_id=uuid.uuid4(), reason="unsure")
+                continue
+            judgment_submit(study=study, annotator=person, item_public_id=lease.item.public_id,
+                            client_id=uuid.uuid4(), choice=choice)
+    client.force_login(researcher)
+    url = reverse("checkpoint-gallery", args=[checkpoint.id])
+    aligned = client.get(url, {"label": "aligned"}).content.decode()
+    assert set(_scores_by_image(aligned)) == {first.id} and "raters: 2 of 3 aligned" in aligned
+    assert "No image matches" in client.get(url, {"label": "not_aligned"}).content.decode()
+    assert "raters: 1 of 2 aligned" in client.get(url).content.decode()
+
+
+def test_a_datasets_own_images_have_a_gallery_with_their_labels_and_scores(client, researcher, annotator):
+    dataset = Dataset.objects.create(name="tia2-counting", source="tia2", category="counting")
+    prompt = Prompt.objects.create(dataset=dataset, text="two cups", category="counting", source_index=0)
+    model = RewardModel.objects.create(name="pick", kind="pickscore", location="-")
+    images = []
+    for k, labels in enumerate([(1, 1, 0), (0, 0, 1)]):
+        image = Image.objects.create(prompt=prompt, seed=0, index=k, source_name=f"image_0_0_{k}.jpg",
+                                     file=f"tia2/{k}.jpg", sha256="0" * 64, size_bytes=1)
+        HumanLabel.objects.bulk_create([HumanLabel(image=image, slot=s, value=v) for s, v in enumerate(labels)])
+        RewardScore.objects.create(image=image, reward_model=model, variant="raw", value=0.3 + k)
+        images.append(image)
+    url = reverse("dataset-gallery", args=[dataset.id])
+    client.force_login(annotator)
+    assert client.get(url).status_code == 403
+    client.force_login(researcher)
+    body = client.get(url).content.decode()
+    assert "tia2-counting: its own images" in body and set(_scores_by_image(body)) == {i.id for i in images}
+    aligned = client.get(url, {"label": "aligned"}).content.decode()
+    assert set(_scores_by_image(aligned)) == {images[0].id} and "humans: aligned (1, 1, 0)" in aligned
+    assert reverse("dataset-gallery", args=[dataset.id]) in client.get("/").content.decode()
 
 
 def test_the_gallery_pages_twelve_prompts_by_source_index(client, researcher):
