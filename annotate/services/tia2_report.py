@@ -84,9 +84,9 @@ def _label_table() -> dict:
             "categories": [v[2] for v in values], "labels": np.array([v[3] for v in values], dtype=np.int8)}
 
 
-def _score_columns(image_ids: np.ndarray) -> dict[str, dict[int, float]]:
-    """{column name: {image id: score}}: a raw column per reward model, and a TextNorm
-    column per reward model, prompt-set source and version, and normalisation.
+def _score_columns() -> dict[str, dict[int, float]]:
+    """{column name: {image id: score}} over TIA2's images: a raw column per reward model, and
+    a TextNorm column per reward model, prompt-set source and version, and normalisation.
 
     Rule-based and language-model sets carry one version for a whole run of the generator;
     imported sets carry a version per prompt (a hash of its texts), so their versions are
@@ -154,7 +154,7 @@ def tia2_report(*, per_prompt: bool = False, ensembles: list[Ensemble] = ()) -> 
             "fleiss_kappa": kappa.to_dict()["value"],
         })
     models = []
-    columns = _score_columns(table["image_ids"])
+    columns = _score_columns()
     for ensemble in ensembles:
         columns[ensemble.name] = _ensemble_column(columns, ensemble)
     for name, by_image in columns.items():

@@ -176,10 +176,10 @@ def test_an_ensemble_of_reward_models_gets_its_own_row_over_the_images_all_of_th
     assert rows[name]["images_scored"] == 7
     assert rows[name]["categories"][0]["means"][name]["auroc"] == pytest.approx(1.0)
     # mean 0.3 + 0.4 a; population variance ((p_a - p_b) / 2)^2 = 0.01 for aligned and not.
-    column = _ensemble_column(_score_columns(np.array(ids)), Ensemble(("pick", "imagereward"), "uncertainty", 0.5))
+    column = _ensemble_column(_score_columns(), Ensemble(("pick", "imagereward"), "uncertainty", 0.5))
     aligned = {i: n % 2 for n, i in enumerate(ids)}
     assert column == pytest.approx({i: 0.3 + 0.4 * aligned[i] - 0.5 * 0.01 for i in ids[:-1]})
-    mean = _ensemble_column(_score_columns(np.array(ids)), Ensemble(("pick", "imagereward")))
+    mean = _ensemble_column(_score_columns(), Ensemble(("pick", "imagereward")))
     assert mean == pytest.approx({i: 0.3 + 0.4 * aligned[i] for i in ids[:-1]})
     with pytest.raises(CommandError, match="ensemble: needs at least two reward models"):
         report("--ensemble", "pick")
