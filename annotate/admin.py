@@ -12,6 +12,11 @@ close, retry, cancel, pause and resume through theirs and report what they did a
 skipped, and why. Rows that workers or the annotation engine own (images, scores, leases,
 judgments, skips, the counters of items and memberships) are read-only here.
 
+Every add, change, deletion and action here is also written to the audit log
+(``AuditedAdmin``; the auth app's users and groups too); an add through a service is recorded
+by the service's own event (``study.create``, ``generation_job.create``...) instead of a second
+``admin.add``. The log itself is read-only here.
+
 The tables with millions of rows (images, scores, labels, items, leases, judgments, skips)
 never show a count of their children, skip the full-table count, use raw-id widgets for
 their foreign keys and filter by date with ``created_at`` list filters rather than a date
@@ -26,7 +31,7 @@ import io
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from functools import partial
+from functools import partial, wraps
 
 from django import forms
 from django.contrib import admin, messages
@@ -45,7 +50,8 @@ from django.utils.safestring import SafeData
 from django.utils.text import Truncator
 
 from annotate import models
-from annotate.roles import is_researcher
+from annotate.audit import audit
+from annotate.roles import RESEARCHERS, is_researcher
 from annotate.services import exports, jobs, studies
 from annotate.services.checkpoints import CheckpointRegistrationError, checkpoint_register
 from annotate.services.generation import GenerationError, generation_job_create, generation_job_images
@@ -181,9 +187,56 @@ def csv_response(filename: str, pieces: Iterator[str]) -> StreamingHttpResponse:
     return response
 
 
+# ---------------------------------------------------------------- the audit log
+
+AUDITED_IDS = 100  # ids of the selected objects named in an action's event
+
+
+def _job_kind(job) -> str:
+    return "generation" if isinstance(job, models.GenerationJob) else "scoring"
+
+
+class AuditedAdmin:
+    """Writes an audit event for each add, change and deletion (beside Django's LogEntry) and
+    for each action run (with the first ids it ran on). ``delete_selected`` is recorded by its
+    deletions."""
+
+    audit_additions = True
+
+    def log_addition(self, request, obj, message):
+        if self.audit_additions:
+            audit(request, "admin.add", obj, message=message)
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        audit(request, "admin.change", obj, message=message)
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request, queryset):
+        for obj in queryset:
+            audit(request, "admin.delete", obj)
+        return super().log_deletions(request, queryset)
+
+    def get_actions(self, request):
+        return {name: (func if name == "delete_selected" else self._audited(func, name), name, description)
+                for name, (func, name, description) in super().get_actions(request).items()}
+
+    @staticmethod
+    def _audited(func, name: str):
+        @wraps(func)
+        def run(modeladmin, request, queryset):
+            ids = [str(pk) for pk in queryset.values_list("pk", flat=True)[:AUDITED_IDS + 1]]
+            response = func(modeladmin, request, queryset)
+            audit(request, "admin.action", modeladmin.model, name=name, ids=ids[:AUDITED_IDS],
+                  more=len(ids) > AUDITED_IDS)
+            return response
+
+        return run
+
+
 # ---------------------------------------------------------------- the base admins
 
-class ResearcherAdmin(ResearcherPermissions, admin.ModelAdmin):
+class ResearcherAdmin(AuditedAdmin, ResearcherPermissions, admin.ModelAdmin):
     """What every admin here shares: researcher permissions, the CSV export, read-only fields
     once an object exists (``readonly_on_change``, or ``"__all__"``)."""
 
@@ -281,6 +334,7 @@ class ServiceAddAdmin(ResearcherAdmin):
     # The service returns the object already registered under the name when its settings are
     # the same: an add of it is refused, naming it, rather than reported as added.
     refuse_existing_name = False
+    audit_additions = False  # the service (or ``create``) records the add as what it made
 
     def create(self, request, data: dict):
         raise NotImplementedError
@@ -410,6 +464,8 @@ class JobAdmin(ServiceAddAdmin):
         acted, skipped = [], []
         for job in queryset:
             queued, what = job_run_again(job, self.missing)
+            if queued:
+                audit(request, f"{_job_kind(job)}_job.retry", job, how=what)
             (acted.append(f"job {job.pk} ({what})") if queued else skipped.append((f"job {job.pk}", what)))
         self.report_outcome(request, "Queued", acted, skipped)
 
@@ -419,6 +475,7 @@ class JobAdmin(ServiceAddAdmin):
         for job in queryset:
             try:
                 jobs.job_cancel(job)
+                audit(request, f"{_job_kind(job)}_job.cancel", job)
                 acted.append(f"job {job.pk}")
             except jobs.JobError as exc:
                 skipped.append((f"job {job.pk}", str(exc)))
@@ -585,6 +642,7 @@ class CheckpointAdmin(ServiceAddAdmin):
                 except GenerationError as exc:
                     skipped.append((what, str(exc)))
                     continue
+                audit(request, "generation_job.create", job, settings_of=latest.pk)
                 acted.append(f"job {job.pk} ({what}, settings of job {latest.pk})")
         self.report_outcome(request, "Created", acted, skipped)
 
@@ -620,7 +678,9 @@ class GenerationJobAdmin(JobAdmin):
     missing = staticmethod(_generation_missing)
 
     def create(self, request, data):
-        return generation_job_create(**{f: data[f] for f in self.add_fields}, created_by=request.user)
+        job = generation_job_create(**{f: data[f] for f in self.add_fields}, created_by=request.user)
+        audit(request, "generation_job.create", job)
+        return job
 
     @admin.action(description="Run again (only missing images)")
     def run_again(self, request, queryset):
@@ -688,7 +748,9 @@ class RewardModelAdmin(ServiceAddAdmin):
     refuse_existing_name = True
 
     def create(self, request, data):
-        return reward_model_create(**{f: data[f] for f in self.add_fields})
+        model = reward_model_create(**{f: data[f] for f in self.add_fields})
+        audit(request, "reward_model.create", model)
+        return model
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(n_jobs=count_of(models.ScoringJob, "reward_model"))
@@ -706,6 +768,8 @@ class RewardModelAdmin(ServiceAddAdmin):
         acted, skipped = [], []
         for job in models.ScoringJob.objects.filter(reward_model__in=queryset).select_related("reward_model"):
             queued, what = job_run_again(job, _scoring_missing)
+            if queued:
+                audit(request, "scoring_job.retry", job, how=what)
             name = f"{job.reward_model.name} job {job.pk}"
             (acted.append(f"{name} ({what})") if queued else skipped.append((name, what)))
         self.report_outcome(request, "Queued", acted, skipped)
@@ -754,7 +818,9 @@ class ScoringJobAdmin(JobAdmin):
     missing = staticmethod(_scoring_missing)
 
     def create(self, request, data):
-        return scoring_job_create(**{f: data[f] for f in self.add_fields}, created_by=request.user)
+        job = scoring_job_create(**{f: data[f] for f in self.add_fields}, created_by=request.user)
+        audit(request, "scoring_job.create", job)
+        return job
 
     @admin.display(description="images of")
     def images_of(self, job):
@@ -1086,9 +1152,64 @@ class ReportAdmin(ServiceAddAdmin):
     service_errors = (ReportError,)
 
     def create(self, request, data):
-        return report_request(study=data["study"], fmt=data["format"], rounds=data["rounds"],
-                              seed=data["seed"], created_by=request.user)
+        report = report_request(study=data["study"], fmt=data["format"], rounds=data["rounds"],
+                                seed=data["seed"], created_by=request.user)
+        audit(request, "report.request", report, study=report.study_id, format=report.format)
+        return report
 
     @admin.display(description="file")
     def download(self, report):
         return format_html('<a href="{}">{}</a>', report.file.url, "download") if report.file else ""
+
+
+# ---------------------------------------------------------------- the audit log
+
+class AuditActorFilter(admin.SimpleListFilter):
+    """By researcher (and superuser): annotators' sign-ins are in the log too, but listing every
+    crowd worker here would make the filter useless; search finds them by name."""
+
+    title = "actor"
+    parameter_name = "actor"
+
+    def lookups(self, request, model_admin):
+        from django.contrib.auth import get_user_model
+        from django.db.models import Q
+
+        users = (get_user_model().objects.filter(Q(is_superuser=True) | Q(groups__name=RESEARCHERS))
+                 .distinct().order_by("username"))
+        return [(str(u.pk), u.get_username()) for u in users]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(actor_id=self.value()) if self.value() else queryset
+
+
+@admin.register(models.AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "actor_name", "action", "target_type", "target_id", "target_repr", "ip"]
+    list_filter = ["action", AuditActorFilter, "target_type", "created_at"]
+    search_fields = ["actor_name", "action", "target_repr", "=target_id", "=ip"]
+    list_select_related = False
+    ordering = ["-created_at", "-id"]
+    fields = ["created_at", "actor", "actor_name", "action", "target_type", "target_id", "target_repr",
+              "details", "ip"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+
+def _audit_auth_admins() -> None:
+    """The auth app's users and groups (who is a researcher) through the audit hooks as well."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    for model in (get_user_model(), Group):
+        if not admin.site.is_registered(model):
+            continue
+        base = type(admin.site.get_model_admin(model))
+        if issubclass(base, AuditedAdmin):
+            continue
+        admin.site.unregister(model)
+        admin.site.register(model, type(base.__name__, (AuditedAdmin, base), {"__module__": __name__}))
+
+
+_audit_auth_admins()

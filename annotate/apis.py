@@ -4,8 +4,10 @@ Researchers manage studies and export judgments; annotators ask for the next ite
 answer it. Annotator responses carry item ids and image slots only, never a checkpoint,
 an image id or a gold answer.
 """
+import time
 import uuid
 
+from django.conf import settings
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -15,11 +17,13 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from annotate import selectors
 from annotate.models import Checkpoint, Dataset, Skip, Study, StudyMembership
 from annotate.roles import is_researcher
+from annotate.ratelimit import rate_count
 from annotate.authentication import FastTokenAuthentication
 from annotate.services import annotation, queue_sql, studies
 
@@ -63,7 +67,8 @@ class StudyCreateInput(serializers.Serializer):
     gold_min_accuracy = serializers.FloatField(min_value=0, max_value=1, default=0.7)
     gold_min_answers = serializers.IntegerField(min_value=1, max_value=1000, default=5)
     lease_seconds = serializers.IntegerField(min_value=10, max_value=24 * 3600, default=600)
-    items_per_annotator = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    items_per_annotator = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False, allow_null=True,
+                                                   default=None)  # the column's range on every database
     item_order = serializers.ChoiceField(choices=Study.ItemOrder.choices, default=Study.ItemOrder.CLOSEST_TO_COMPLETION)
     seed = serializers.IntegerField(min_value=0, default=0)
 
@@ -127,6 +132,11 @@ class StudyMembersApi(APIView):
     permission_classes = [IsResearcher]
 
     class Input(serializers.Serializer):
+        """The body of StudyMembersApi (its own component in the schema)."""
+
+        class Meta:
+            ref_name = "StudyMembersInput"
+
         usernames = serializers.ListField(child=serializers.CharField(max_length=150), min_length=1)
 
     @extend_schema(request=Input, responses=inline_serializer("MembersOutput", {"members": serializers.IntegerField()}))
@@ -192,6 +202,26 @@ def _membership(request, public_id) -> StudyMembership:
     if membership is None:
         raise Http404
     return membership
+
+
+class SubmissionThrottle(BaseThrottle):
+    """Judgments and skips per annotator: ``CALIBRA_SUBMIT_RATE_COUNT`` in each fixed window of
+    ``CALIBRA_SUBMIT_RATE_WINDOW_S`` seconds, then 429 with Retry-After (the rest of the window)
+    and a JSON body. One cache increment per request; with the cache unavailable, no limit."""
+
+    def allow_request(self, request, view):
+        limit, period = settings.CALIBRA_SUBMIT_RATE_COUNT, settings.CALIBRA_SUBMIT_RATE_WINDOW_S
+        if not limit:
+            return True
+        now = time.time()
+        count = rate_count(f"submit:{request.user.pk}:{int(now // period)}", period)
+        if count is None or count <= limit:
+            return True
+        self.retry_after = period - now % period
+        return False
+
+    def wait(self):
+        return self.retry_after
 
 
 class AnnotatorApi(APIView):
@@ -319,6 +349,11 @@ class HotInput:
 
 class NextItemApi(AnnotatorApi):
     class Input(serializers.Serializer):
+        """The body of NextItemApi (its own component in the schema)."""
+
+        class Meta:
+            ref_name = "NextItemInput"
+
         exclude = serializers.ListField(child=serializers.UUIDField(), required=False, default=list, max_length=50)
 
     @extend_schema(request=Input, responses={200: ItemOutput, 204: inline_serializer(
@@ -342,7 +377,14 @@ class NextItemApi(AnnotatorApi):
 
 
 class SubmitApi(AnnotatorApi):
+    throttle_classes = [SubmissionThrottle]
+
     class Input(serializers.Serializer):
+        """The body of SubmitApi (its own component in the schema)."""
+
+        class Meta:
+            ref_name = "SubmitInput"
+
         item = serializers.UUIDField()
         client_id = serializers.UUIDField()
         choice = serializers.CharField(max_length=16)
@@ -375,7 +417,14 @@ class SubmitApi(AnnotatorApi):
 
 
 class SkipApi(AnnotatorApi):
+    throttle_classes = [SubmissionThrottle]
+
     class Input(serializers.Serializer):
+        """The body of SkipApi (its own component in the schema)."""
+
+        class Meta:
+            ref_name = "SkipInput"
+
         item = serializers.UUIDField()
         client_id = serializers.UUIDField()
         reason = serializers.ChoiceField(choices=Skip.Reason.choices)
@@ -492,6 +541,11 @@ class StudyReportsApi(APIView):
     permission_classes = [IsResearcher]
 
     class Input(serializers.Serializer):
+        """The body of StudyReportsApi (its own component in the schema)."""
+
+        class Meta:
+            ref_name = "StudyReportsInput"
+
         format = serializers.ChoiceField(choices=Report.Format.choices, default=Report.Format.HTML)
         rounds = serializers.IntegerField(min_value=1, max_value=100_000, default=reports.DEFAULT_ROUNDS)
         seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=reports.DEFAULT_SEED)

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotate.apis import IsResearcher, error_response
+from annotate.audit import audit
 from annotate.models import Checkpoint, Dataset, GenerationJob, RewardModel, RewardScore, ScoringJob
 from annotate.services import jobs
 from annotate.services.checkpoints import REGISTRABLE, CheckpointRegistrationError, checkpoint_register
@@ -83,6 +84,7 @@ class _JobListCreateApi(APIView):
     permission_classes = [IsResearcher]
     model = output = create = error = None
     related: tuple[str, ...] = ()
+    kind = ""  # generation or scoring: the audit log's action is "<kind>_job.create"
 
     def get(self, request):
         rows = self.model.objects.select_related(*self.related).order_by("-created_at")[:200]
@@ -95,6 +97,7 @@ class _JobListCreateApi(APIView):
             job = type(self).create(created_by=request.user, **data.validated_data)
         except self.error as exc:
             return error_response(exc)
+        audit(request, f"{self.kind}_job.create", job)
         return Response(self.output(job).data, status=status.HTTP_201_CREATED)
 
 
@@ -104,6 +107,7 @@ class GenerationJobListCreateApi(_JobListCreateApi):
     model, output, input, error = GenerationJob, GenerationJobOutput, GenerationJobInput, GenerationError
     create = staticmethod(generation_job_create)
     related = ("checkpoint", "dataset")
+    kind = "generation"
 
 
 class ScoringJobOutput(serializers.ModelSerializer):
@@ -133,6 +137,14 @@ class ScoringJobInput(serializers.Serializer):
     temperature = serializers.FloatField(default=1.0)
     batch_size = serializers.IntegerField(min_value=1, max_value=4096, default=64)
 
+    # The database requires both > 0 whatever the variants; the service checks them only with textnorm.
+    def validate_scale(self, value: float) -> float:
+        if not value > 0:
+            raise serializers.ValidationError("Ensure this value is greater than 0.")
+        return value
+
+    validate_temperature = validate_scale
+
 
 @extend_schema_view(get=extend_schema(responses=ScoringJobOutput(many=True)),
                     post=extend_schema(request=ScoringJobInput, responses={201: ScoringJobOutput}))
@@ -140,6 +152,7 @@ class ScoringJobListCreateApi(_JobListCreateApi):
     model, output, input, error = ScoringJob, ScoringJobOutput, ScoringJobInput, ScoringError
     create = staticmethod(scoring_job_create)
     related = ("reward_model", "checkpoint", "dataset")
+    kind = "scoring"
 
 
 _KINDS = {"generation": (GenerationJob, GenerationJobOutput), "scoring": (ScoringJob, ScoringJobOutput)}
@@ -169,4 +182,5 @@ class JobActionApi(APIView):
             job = jobs.job_retry(job) if action == "retry" else jobs.job_cancel(job)
         except jobs.JobError as exc:
             return Response({"error": "conflict", "detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        audit(request, f"{kind}_job.{action}", job)
         return Response(output(job).data)

@@ -12,8 +12,10 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Dataset(models.Model):
@@ -683,3 +685,36 @@ class Report(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class AuditEvent(models.Model):
+    """A researcher's action, an admin change or a sign-in, kept for who-did-what questions.
+
+    Written by ``annotate.audit.audit`` only; never changed or deleted through the app.
+    Annotators' work (leases, judgments, skips) is not recorded here: it has tables of its own.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    # The username then (kept if the account is renamed or deleted); for a failed sign-in, the
+    # username that was tried.
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64, help_text="e.g. study.open, login.failed, admin.change")
+    target_type = models.CharField(max_length=100, blank=True, help_text="app_label.model")
+    target_id = models.CharField(max_length=64, blank=True)
+    target_repr = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="audit_created"),
+            models.Index(fields=["actor", "-created_at"], name="audit_actor_created"),
+        ]
+
+    def __str__(self) -> str:
+        who = self.actor_name or "system"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {who} {self.action} {self.target_repr}".rstrip()

@@ -292,12 +292,15 @@ def tia2_report_cached() -> dict:
 
 def tia2_report_request(fingerprint: str | None = None) -> bool:
     """Ask a worker for the report, unless one is already on it. Whether one was asked."""
+    from annotate.services.enqueue import enqueue
     from workers.tasks import tia2_report_build
 
     building = _report_key(fingerprint or tia2_report_fingerprint()) + ":building"
     if not cache.add(building, True, timeout=15 * 60):
         return False
-    tia2_report_build.delay()
+    if not enqueue(tia2_report_build):  # the broker is down: the next request asks again
+        cache.delete(building)
+        return False
     return True
 
 

@@ -2,7 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
-from annotate import apis, apis_jobs, views, views_create, views_models, views_study
+from annotate import apis, apis_jobs, apis_uploads, views, views_create, views_models, views_study
 
 api = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -36,6 +36,10 @@ api = [
     path("api/annotate/<uuid:study_id>/skip/", apis.SkipApi.as_view(), name="api-skip"),
     path("api/annotate/<uuid:study_id>/undo/", apis.UndoApi.as_view(), name="api-undo"),
     path("api/annotate/<uuid:study_id>/progress/", apis.ProgressApi.as_view(), name="api-progress"),
+    path("api/datasets/<int:dataset_id>/images/", apis_uploads.DatasetImageUploadApi.as_view(),
+         name="api-dataset-images"),
+    path("api/datasets/<int:dataset_id>/prompts.csv", apis_uploads.DatasetPromptsCsvApi.as_view(),
+         name="api-dataset-prompts-csv"),
 ]
 
 urlpatterns = [

@@ -16,6 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from annotate import selectors
+from annotate.audit import audit
 from annotate.models import Dataset, Report, Study
 from annotate.roles import is_researcher
 from annotate.services.annotation import progress_of
@@ -64,9 +65,10 @@ def study_report_request(request, study_id: int):
 
     study = get_object_or_404(Study, pk=study_id)
     try:
-        report_request(study=study, fmt=request.POST.get("format", ""), created_by=request.user)
+        report = report_request(study=study, fmt=request.POST.get("format", ""), created_by=request.user)
     except ReportError as exc:
         return _researcher_home(request, status=400, report_error=str(exc))  # the overview, with the error
+    audit(request, "report.request", report, study=study.pk, format=report.format)
     return redirect(f"{reverse('home')}#studies-h")
 
 
@@ -96,13 +98,17 @@ def annotate_study(request, study_id):
 
 @login_required
 def annotate_image(request, study_id, item_id, slot: str):
+    """An image of an item the annotator holds or held a lease on, in an open study they are
+    a member of; 404 for anything else, so that nothing can be told apart by guessing."""
     study = selectors.annotator_study_get(annotator=request.user, public_id=study_id)
-    image = study and selectors.annotator_image_for_slot(
+    image = study and study.status == Study.Status.OPEN and selectors.annotator_image_for_slot(
         study=study, annotator=request.user, item_public_id=item_id, slot=slot)
     if not image or not image.file:
         raise Http404
     response = FileResponse(default_storage.open(image.file.name),
                             content_type=mimetypes.guess_type(image.file.name)[0] or "image/jpeg")
+    # FileResponse names the stored file (prompt, seed, index) in Content-Disposition: not for annotators.
+    response.headers.pop("Content-Disposition", None)
     response["Cache-Control"] = "private, max-age=3600"
     return response
 

@@ -18,7 +18,7 @@ KINDS = {"pairwise": "Pairwise: checkpoints side by side", "rating": "Rating: on
 
 
 class _StudyForm(forms.Form):
-    name = forms.CharField(max_length=200)
+    name = forms.CharField(max_length=200, help_text="annotators see it: name no checkpoint in it")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.order_by("name"))
     redundancy = forms.IntegerField(min_value=1, max_value=100, initial=3, help_text="judgments per item")
     gold_share = forms.FloatField(min_value=0, max_value=1, initial=0.0,

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 
 from annotate import charts
 from annotate import selectors_models as sel
+from annotate.audit import audit
 from annotate.models import Dataset, WorkerJob
 from annotate.services import jobs as job_services
 from annotate.views import researcher_required
@@ -44,6 +45,7 @@ def _job_action(action):
             act(job)
         except job_services.JobError as exc:
             return _jobs_page(request, status=409, action_error=str(exc))
+        audit(request, f"{kind}_job.{action}", job)
         return redirect(f"{reverse('jobs')}#job-{kind}-{job.pk}")
 
     view.__name__ = f"job_{action}"

@@ -9,6 +9,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import selectors_study as sel
+from annotate.audit import audit
 from annotate.charts import column_chart_svg
 from annotate.models import Report, Study, StudyMembership
 from annotate.services.reports import ReportError, report_request
@@ -112,9 +113,10 @@ def study_report_build(request, study_id: int):
     """Ask a worker for a report (as the overview's form does); the page lists it."""
     study = get_object_or_404(Study.objects.select_related("dataset"), pk=study_id)
     try:
-        report_request(study=study, fmt=request.POST.get("format", ""), created_by=request.user)
+        report = report_request(study=study, fmt=request.POST.get("format", ""), created_by=request.user)
     except ReportError as exc:
         return _study_page(request, study, status=400, report_error=str(exc))
+    audit(request, "report.request", report, study=study.pk, format=report.format)
     return redirect(f"{_study_url(study)}#reports-h")
 
 

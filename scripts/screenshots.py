@@ -43,7 +43,7 @@ def main() -> None:
         annotator.fill("#id_username", "annotator")
         annotator.fill("#id_password", "annotator-demo-pass")
         annotator.click("button[type=submit]")
-        annotator.click("text=Demo: careful vs sloppy")
+        annotator.click("text=Demo: which image matches?")
         annotator.wait_for_selector("#task:not([hidden])")
         annotator.click(".instructions summary")  # folded, as after the first answer
         annotator.wait_for_timeout(300)
@@ -57,7 +57,7 @@ def main() -> None:
                 "before => document.getElementById('progress-text').textContent !== before", arg=before)
         page.set_viewport_size({"width": 1100, "height": 1500})
         page.goto(f"{args.base}/")
-        page.click("text=Demo: careful vs sloppy")
+        page.click("text=Demo: which image matches?")
         page.wait_for_load_state("networkidle")
         page.screenshot(path=args.out / "study.png")
         page.set_viewport_size({"width": 1100, "height": 640})

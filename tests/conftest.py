@@ -44,6 +44,17 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(autouse=True)
+def fresh_caches():
+    """Counters (rate limits) and cached pages from one test never reach the next: user ids
+    are reused from test to test."""
+    from django.core.cache import caches
+
+    for alias in ("default", "ratelimit"):
+        caches[alias].clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     """Every test writes media into its own temporary folder."""
     media = tmp_path / "media"

@@ -11,5 +11,8 @@ urlpatterns = [
     path("", include("annotate.urls")),
 ]
 
+# A database error raised outside a view (in a middleware such as sessions') answers 503 too.
+handler500 = "webapp.middleware.server_error"
+
 if settings.DEBUG and settings.MEDIA_STORAGE == "local":
     urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

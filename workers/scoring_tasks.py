@@ -5,9 +5,16 @@ from celery import shared_task
 
 @shared_task(name="workers.tasks.scoring_job_run", acks_late=True)
 def scoring_job_run(job_id: int) -> int:
+    from annotate.models import ScoringJob
     from workers.scoring import scoring_job_execute
+    from workers.tasks import finished, through_database_restarts
 
-    return scoring_job_execute(job_id)
+    def run():
+        if finished(ScoringJob, job_id):  # a repeated message (requeue_jobs, a redelivery)
+            return 0
+        return scoring_job_execute(job_id)
+
+    return through_database_restarts(f"scoring job {job_id}", run)
 
 
 @shared_task(name="workers.tasks.scoring_demo_run", acks_late=True)

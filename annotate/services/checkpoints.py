@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.db import transaction
 
+from annotate.audit import audit
 from annotate.models import Checkpoint
 from annotate.services.paths import PathNotAllowed, input_path_check
 
@@ -108,8 +109,10 @@ def checkpoint_register(*, name: str, backend: str, location: str = "", base_mod
                 f"name: {name!r} already stands for other weights or settings (fingerprint "
                 f"{existing.fingerprint[:12] or 'none'}, these are {fingerprint[:12]}); register them under a new name")
         return existing
-    return Checkpoint.objects.create(name=name, backend=backend, location=location, base_model=base_model,
-                                     config=config, fingerprint=fingerprint, description=description)
+    checkpoint = Checkpoint.objects.create(name=name, backend=backend, location=location, base_model=base_model,
+                                           config=config, fingerprint=fingerprint, description=description)
+    audit(None, "checkpoint.register", checkpoint, backend=backend, fingerprint=fingerprint)
+    return checkpoint
 
 
 def checkpoint_fingerprint_ensure(checkpoint: Checkpoint) -> Checkpoint:

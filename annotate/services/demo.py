@@ -101,7 +101,9 @@ def demo_seed(*, backend: str = "procedural") -> dict:
         # Each job whole in its task: scoring and the studies need every image made first.
         steps = [generation_job_run.si(job.id, fan_out=False) for job in jobs]
         steps += [scoring_demo_run.si(), demo_studies_create.si()]
-        transaction.on_commit(lambda: chain(*steps).delay())
+        from annotate.services.enqueue import enqueue_after_commit
+
+        enqueue_after_commit(chain(*steps))  # a broker that is down fails nothing here
     return {"dataset": dataset, "jobs_created": len(jobs),
             "accounts": {u: p for u, (p, _) in DEMO_ACCOUNTS.items()}}
 
@@ -154,9 +156,9 @@ def demo_studies_create() -> list[Study]:
     dataset = Dataset.objects.get(name="demo-scenes")
     checkpoints = list(Checkpoint.objects.filter(name__in=DEMO_CHECKPOINTS).order_by("name"))
     made = []
-    if not Study.objects.filter(name="Demo: careful vs sloppy").exists():
+    if not Study.objects.filter(name="Demo: which image matches?").exists():
         made.append(study_create_pairwise(
-            name="Demo: careful vs sloppy", dataset=dataset, checkpoints=checkpoints, pairing="matched",
+            name="Demo: which image matches?", dataset=dataset, checkpoints=checkpoints, pairing="matched",
             instructions=DEMO_INSTRUCTIONS, gold_share=0.1, redundancy=3,
         ))
     if not Study.objects.filter(name="Demo: does it match?").exists():

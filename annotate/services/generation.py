@@ -4,6 +4,7 @@ from django.db import transaction
 
 from annotate.models import Checkpoint, Dataset, GenerationJob, Image
 from annotate.services.checkpoints import checkpoint_fingerprint_ensure
+from annotate.services.enqueue import enqueue_after_commit
 from annotate.services.paths import PathNotAllowed, input_path_check
 from workers.ml.backends import scheduler_check
 
@@ -55,8 +56,9 @@ def generation_job_create(
     if enqueue:
         from workers.tasks import generation_job_run
 
-        # After commit, so that the worker never looks for a row that is not there yet.
-        transaction.on_commit(lambda: generation_job_run.delay(job.id))
+        # After commit, so that the worker never looks for a row that is not there yet; a broker
+        # that is down leaves the job queued for requeue_jobs (annotate.services.enqueue).
+        enqueue_after_commit(generation_job_run, job.id)
     return job
 
 

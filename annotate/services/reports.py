@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone as dj_timezone
 
 from annotate.models import Judgment, Report, Study
+from annotate.services.enqueue import enqueue_after_commit
 from workers.stats.agreement import agreement_report, rating_matrix
 from workers.stats.pairwise import A_WINS, B_WINS, TIE, json_ready, pairwise_report, wilson_interval
 
@@ -157,7 +158,8 @@ def report_request(*, study: Study, fmt: str, rounds: int = DEFAULT_ROUNDS, seed
     if enqueue:
         from workers.tasks import report_build
 
-        transaction.on_commit(lambda: report_build.delay(report.id))
+        # A broker that is down leaves the report queued for requeue_jobs (annotate.services.enqueue).
+        enqueue_after_commit(report_build, report.id)
     return report
 
 

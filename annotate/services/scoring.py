@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from annotate.models import (
     Checkpoint, ContrastivePromptSet, Dataset, GenerationJob, Image, RewardModel, RewardScore, ScoringJob,
 )
+from annotate.services.enqueue import enqueue_after_commit
 from annotate.services.paths import PathNotAllowed, input_path_check
 
 VARIANTS = (RewardScore.Variant.RAW, RewardScore.Variant.TEXTNORM)
@@ -44,11 +45,15 @@ def reward_model_create(*, name: str, kind: str, location: str, config: dict | N
         raise ScoringError(f"kind: {kind!r} is not one of {', '.join(RewardModel.Kind.values)}")
     if not name.strip():
         raise ScoringError("name: must not be empty")
-    if Path(location).exists():
+    # A path (it exists, or it is written as one) must lie in the allowed roots; only what
+    # looks like a hub id ("org/name") may be fetched, and only with allow_download.
+    if Path(location).exists() or Path(location).is_absolute() or location.startswith((".", "~")):
         try:
-            location = str(input_path_check(Path(location), what="reward model folder"))
+            location = str(input_path_check(Path(location).expanduser(), what="reward model folder"))
         except PathNotAllowed as exc:
             raise ScoringError(f"location: {exc}") from exc
+        if not Path(location).exists() and not config.get("allow_download"):
+            raise ScoringError(f"location: {location} is not a local folder")
     elif not config.get("allow_download"):
         raise ScoringError(f"location: {location} is not a local folder (set config.allow_download to use a hub id)")
     existing = RewardModel.objects.filter(name=name).first()
@@ -113,13 +118,13 @@ def scoring_job_create(
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ScoringError(f"batch_size: must be a positive integer, not {batch_size!r}")
     textnorm = RewardScore.Variant.TEXTNORM in variants
-    if textnorm:
-        if normalize not in RewardScore.Normalize.values:
-            raise ScoringError(f"normalize: must be one of {', '.join(RewardScore.Normalize.values)}, not {normalize!r}")
-        if not scale > 0:
-            raise ScoringError(f"scale: must be > 0, not {scale}")
-        if not temperature > 0:
-            raise ScoringError(f"temperature: must be > 0, not {temperature}")
+    if textnorm and normalize not in RewardScore.Normalize.values:
+        raise ScoringError(f"normalize: must be one of {', '.join(RewardScore.Normalize.values)}, not {normalize!r}")
+    # Checked for raw-only jobs too: the row keeps them (and the database refuses them otherwise).
+    if not scale > 0:
+        raise ScoringError(f"scale: must be > 0, not {scale}")
+    if not temperature > 0:
+        raise ScoringError(f"temperature: must be > 0, not {temperature}")
     job = ScoringJob(
         reward_model=reward_model, dataset=dataset, checkpoint=checkpoint, generation_job=generation_job,
         variants=variants, prompt_set_source=prompt_set_source if textnorm else "",
@@ -138,8 +143,9 @@ def scoring_job_create(
     if enqueue:
         from workers.scoring_tasks import scoring_job_run
 
-        # After commit, so that the worker never looks for a row that is not there yet.
-        transaction.on_commit(lambda: scoring_job_run.delay(job.id))
+        # After commit, so that the worker never looks for a row that is not there yet; a broker
+        # that is down leaves the job queued for requeue_jobs (annotate.services.enqueue).
+        enqueue_after_commit(scoring_job_run, job.id)
     return job
 
 

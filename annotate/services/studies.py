@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
+from annotate.audit import audit
 from annotate.models import Assignment, Checkpoint, Dataset, Image, Study, StudyItem, StudyMembership
 from annotate.roles import ANNOTATORS
 
@@ -110,15 +111,17 @@ def study_create_pairwise(
                 items.append(StudyItem(study=study, prompt_id=prompt_id, image_a_id=a.id, image_b_id=b.id))
     if not items:
         raise StudyError(f"the checkpoints have no images with files for the prompts of {dataset.name}")
-    return _study_items_save(study, items, answers, gold_share, rng)
+    return _study_items_save(study, items, answers, gold_share, rng, created_by)
 
 
 def _study_items_save(study: Study, items: list[StudyItem], answers: dict[int, str], gold_share: float,
-                      rng: random.Random) -> Study:
+                      rng: random.Random, created_by) -> Study:
     _choose_gold(items, answers, gold_share, rng)
     StudyItem.objects.bulk_create(items, batch_size=2000)
     study.item_count = len(items)
     study.save(update_fields=["item_count"])
+    audit(created_by, "study.create", study, kind=study.kind, dataset=study.dataset_id,
+          checkpoints=sorted(c.pk for c in study.checkpoints.all()))
     return study
 
 
@@ -147,7 +150,7 @@ def study_create_rating(
         items.append(StudyItem(study=study, prompt_id=image.prompt_id, image_a=image))
     if not items:
         raise StudyError(f"{dataset.name} has no images with files to rate")
-    return _study_items_save(study, items, answers, gold_share, rng)
+    return _study_items_save(study, items, answers, gold_share, rng, created_by)
 
 
 @transaction.atomic
@@ -158,6 +161,7 @@ def study_open(*, study: Study) -> Study:
         raise StudyError("a study without items cannot be opened")
     study.status, study.opened_at, study.closed_at = Study.Status.OPEN, timezone.now(), None
     study.save(update_fields=["status", "opened_at", "closed_at"])
+    audit(None, "study.open", study)
     return study
 
 
@@ -165,6 +169,7 @@ def study_open(*, study: Study) -> Study:
 def study_close(*, study: Study) -> Study:
     study.status, study.closed_at = Study.Status.CLOSED, timezone.now()
     study.save(update_fields=["status", "closed_at"])
+    audit(None, "study.close", study)
     return study
 
 
@@ -179,6 +184,7 @@ def study_reopen(*, study: Study) -> Study:
         raise StudyError("a study without items cannot be opened")
     study.status, study.closed_at = Study.Status.OPEN, None
     study.save(update_fields=["status", "closed_at"])
+    audit(None, "study.reopen", study)
     return study
 
 
@@ -205,6 +211,8 @@ def membership_pause(*, membership: StudyMembership, reason: str = "") -> StudyM
         # One active lease per annotator and item: each item gives back one slot.
         StudyItem.objects.filter(pk__in=items).update(taken=F("taken") - 1)
     membership.is_paused, membership.paused_reason = True, reason
+    audit(None, "membership.pause", membership, study=membership.study_id, annotator=membership.annotator_id,
+          reason=reason, leases_released=len(items))
     return membership
 
 
@@ -215,6 +223,7 @@ def membership_resume(*, membership: StudyMembership) -> StudyMembership:
     and the judgments it flagged stay flagged (the report decides whether to count them)."""
     StudyMembership.objects.filter(pk=membership.pk).update(is_paused=False, paused_reason="")
     membership.is_paused, membership.paused_reason = False, ""
+    audit(None, "membership.resume", membership, study=membership.study_id, annotator=membership.annotator_id)
     return membership
 
 
@@ -224,7 +233,15 @@ def study_add_members(*, study: Study, usernames: list[str]) -> list[StudyMember
     unknown = sorted(set(usernames) - set(users))
     if unknown:
         raise StudyError(f"unknown usernames: {', '.join(unknown)}")
-    return [StudyMembership.objects.get_or_create(study=study, annotator=user)[0] for user in users.values()]
+    memberships, added = [], []
+    for user in users.values():
+        membership, created = StudyMembership.objects.get_or_create(study=study, annotator=user)
+        memberships.append(membership)
+        if created:
+            added.append(user.username)
+    if added:
+        audit(None, "study.members_add", study, usernames=sorted(added))
+    return memberships
 
 
 @transaction.atomic

@@ -128,6 +128,11 @@ def _parse_prompt_sets(path: Path, parsed: ParsedCategory) -> None:
         parsed.contrastive_listed += len(contrastive)
         # SPEC 2.1: de-duplicated, and never the original prompt itself.
         parsed.contrastive[index_of[prompt]] = [t for t in dict.fromkeys(contrastive) if t != prompt]
+    missing = sorted(set(parsed.prompts) - set(parsed.contrastive))
+    if missing:  # the release lists a set for every prompt; a gap is a truncated or mixed-up file
+        first = parsed.prompts[missing[0]]
+        raise Tia2ImportError(f"{path}: {len(missing)} prompt(s) of {parsed.labels_path.name} have no entry "
+                              f"(the first: {first!r})")
 
 
 def _read_image_file(path: Path) -> ImageFile:

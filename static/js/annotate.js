@@ -37,7 +37,15 @@
     });
     let data = null;
     try { data = await response.json(); } catch (e) { data = null; }
-    return { status: response.status, data: data };
+    return { status: response.status, data: data, retryAfter: Number(response.headers.get("Retry-After")) || 0 };
+  }
+
+  // A network error (status 0) or a server that asks to be asked again (503 while the database
+  // restarts, 502/504 from a proxy, 429): wait, longer each time, at least its Retry-After.
+  function retryable(status) { return status === 0 || status === 429 || status >= 500; }
+  function backoff(r, attempt) {
+    const ms = Math.max(Math.min(30000, 500 * 2 ** attempt), 1000 * (r.retryAfter || 0));
+    return new Promise((ok) => setTimeout(ok, ms * (1 + Math.random() / 4)));
   }
 
   function say(text) { $("status").textContent = text; }
@@ -57,13 +65,13 @@
         if (r.data && r.data.progress) { progressFromAnswers = true; progress(r.data.progress); }
         return r;
       }
-      if (r.status >= 400 && r.status < 500 && r.status !== 429) {
+      if (!retryable(r.status)) {
         setPending(pending().filter((p) => p.body.client_id !== entry.body.client_id));
         say((r.data && r.data.detail) || "That answer was not accepted.");
         return r;
       }
       say("Connection problem: your answer is kept and will be sent again.");
-      await new Promise((ok) => setTimeout(ok, Math.min(30000, 500 * 2 ** attempt)));
+      await backoff(r, attempt);
     }
   }
 
@@ -85,10 +93,18 @@
     item.images.forEach((im) => { const img = new Image(); img.src = im.url; });
   }
 
+  // Asking again is safe: the server hands back the lease it already gave.
   async function lease(exclude) {
-    const r = await call("next/", { exclude: exclude });
-    if (r.status === 200) return r.data;
-    throw new Error((r.data && r.data.detail) || "Could not get the next item (" + r.status + ").");
+    for (let attempt = 0; ; attempt++) {
+      let r;
+      try { r = await call("next/", { exclude: exclude }); } catch (e) { r = { status: 0 }; }
+      if (r.status === 200) { if (attempt) say(""); return r.data; }
+      if (!retryable(r.status) || attempt >= 20) {
+        throw new Error((r.data && r.data.detail) || "Could not get the next item (" + r.status + ").");
+      }
+      say("Connection problem: asking for the next item again.");
+      await backoff(r, attempt);
+    }
   }
 
   function fill() {

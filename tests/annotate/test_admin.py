@@ -16,6 +16,7 @@ from django.urls import reverse
 
 from annotate.models import (
     Assignment,
+    AuditEvent,
     Checkpoint,
     ContrastivePromptSet,
     GenerationJob,
@@ -43,7 +44,7 @@ from tests.factories import annotators, make_images, open_pairwise
 pytestmark = pytest.mark.django_db
 
 MODELS = sorted(apps.get_app_config("annotate").get_models(), key=lambda m: m.__name__)
-NOT_ADDABLE = {Image, RewardScore, StudyItem, Assignment, Judgment, Skip}
+NOT_ADDABLE = {Image, RewardScore, StudyItem, Assignment, Judgment, Skip, AuditEvent}
 
 
 def changelist(model) -> str:
@@ -136,7 +137,7 @@ def world(researcher, django_capture_on_commit_callbacks):
 def test_every_model_of_the_app_is_registered():
     names = {m.__name__ for m in MODELS}
     # The jobs, the report and the models of abstract bases (WorkerJob, LeaseOutcome) included.
-    assert {"GenerationJob", "ScoringJob", "Report", "Judgment", "Skip"} <= names and len(names) == 17
+    assert {"GenerationJob", "ScoringJob", "Report", "Judgment", "Skip"} <= names and len(names) == 18
     assert [m.__name__ for m in MODELS if not admin.site.is_registered(m)] == []
 
 

@@ -43,4 +43,4 @@ def test_seed_demo_makes_accounts_images_and_open_studies_once(client):
     assert dataset_page.status_code == 200 and "three cups" in dataset_page.content.decode()
     client.force_login(annotator)
     home = client.get("/").content.decode()
-    assert "Demo: careful vs sloppy" in home and "Demo: does it match?" in home
+    assert "Demo: which image matches?" in home and "Demo: does it match?" in home

@@ -10,7 +10,7 @@ from annotate.services.demo import DEMO_CHECKPOINTS, demo_seed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PAIRWISE = "Demo: careful vs sloppy"
+PAIRWISE = "Demo: which image matches?"
 RATING = "Demo: does it match?"
 TIMEOUT_MS = 10_000
 ITEM_URL = re.compile(r"/annotate/[0-9a-f-]{36}/items/([0-9a-f-]{36})/(left|right|single)\.jpg$")

@@ -12,7 +12,7 @@ from annotate.services.demo import demo_seed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TIMEOUT_MS = 10_000
-NAME = "E2E: careful vs sloppy, by the browser"
+NAME = "E2E: side by side, made in the browser"
 
 
 def log_in(page: Page, base_url: str, username: str, password: str) -> None:

@@ -56,4 +56,11 @@ CELERY_TASK_ROUTES = {
 }
 
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+
+# A broker that is down costs a request well under a second: the message is not sent, the
+# job's row stays queued, and the workers send it again when the broker is back
+# (annotate/services/enqueue.py).
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                    "interval_max": 0.5}
 CELERY_TASK_EAGER_PROPAGATES = True

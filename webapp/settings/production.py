@@ -5,16 +5,25 @@ from webapp.settings.base import STORAGES, env
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY")  # required: no default
 
+# Behind a TLS-terminating reverse proxy, which sets X-Forwarded-Proto (and must overwrite a
+# client's) and appends the client's address to X-Forwarded-For.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CALIBRA_NUM_PROXIES = env.int("NUM_PROXIES", default=1)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+# Load balancers' health checks may come over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
+# A year, subdomains included, eligible for the browsers' preload list (submitting the domain
+# there is a separate, manual step). Lower SECURE_HSTS_SECONDS while trying out a new domain.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 365)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
-SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_REFERRER_POLICY = "same-origin"
-X_FRAME_OPTIONS = "DENY"
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+# X-Frame-Options, nosniff, Referrer-Policy and the Content-Security-Policy: security.py (every
+# environment). The CSRF cookie stays readable by scripts: annotate.js sends it as X-CSRFToken.
+
+# A connection the database dropped (a restart) is noticed before a request uses it.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=True)  # noqa: F405
 
 STORAGES = {
     **STORAGES,

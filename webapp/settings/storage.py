@@ -5,8 +5,15 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = env.str("MEDIA_ROOT", default=str(DATA_DIR / "media"))
 MEDIA_STORAGE = env.str("MEDIA_STORAGE", default="local")
 
+# Origins that media URLs (``FieldFile.url``) point at, for the Content-Security-Policy's
+# img-src: none with local storage (same origin).
+MEDIA_ORIGINS: list[str] = []
+
 if MEDIA_STORAGE == "s3":
-    # GPU workers on other machines write images where the web server can read them.
+    # GPU workers on other machines write images where the web server can read them. The
+    # bucket stays private (no ACL is set on objects): a URL made by ``.url`` is signed and
+    # expires after an hour. Annotators never get one: their images come through
+    # annotate_image, which checks their lease.
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
@@ -19,6 +26,8 @@ if MEDIA_STORAGE == "s3":
             "default_acl": None,
         },
     }
+    _endpoint = _default_storage["OPTIONS"]["endpoint_url"]
+    MEDIA_ORIGINS = ["/".join(_endpoint.split("/")[:3])] if _endpoint else ["https://*.amazonaws.com"]
 elif MEDIA_STORAGE == "local":
     _default_storage = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
