@@ -41,6 +41,16 @@ ERRORS = {
 }
 
 
+
+def _body(serializer_class, request, limit: int):
+    """The validated body, or a 413 when the request says it is larger than ``limit`` (refused
+    before the body is read)."""
+    if _declared_length(request) > limit + ENVELOPE_BYTES:
+        return None, _too_large("file", limit)
+    data = serializer_class(data=request.data)
+    data.is_valid(raise_exception=True)
+    return data, None
+
 class ImageOutput(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
 
@@ -72,11 +82,9 @@ class DatasetImageUploadApi(APIView):
                               409: OpenApiResponse(description="another image holds that seed and index")})
     def post(self, request, dataset_id: int):
         dataset = get_object_or_404(Dataset, pk=dataset_id)
-        limit = uploads.upload_max_bytes()
-        if _declared_length(request) > limit + ENVELOPE_BYTES:
-            return _too_large("file", limit)
-        data = self.Input(data=request.data)
-        data.is_valid(raise_exception=True)
+        data, refused = _body(self.Input, request, uploads.upload_max_bytes())
+        if refused is not None:
+            return refused
         fields = data.validated_data
         try:
             result = uploads.image_upload(dataset=dataset, prompt_id=fields["prompt"], file=fields["file"],
@@ -106,10 +114,9 @@ class DatasetPromptsCsvApi(APIView):
     def post(self, request, dataset_id: int):
         dataset = get_object_or_404(Dataset, pk=dataset_id)
         limit = prompt_import.import_max_bytes()
-        if _declared_length(request) > limit + ENVELOPE_BYTES:
-            return _too_large("file", limit)
-        data = self.Input(data=request.data)
-        data.is_valid(raise_exception=True)
+        data, refused = _body(self.Input, request, limit)
+        if refused is not None:
+            return refused
         file = data.validated_data["file"]
         if file.size > limit:
             return _too_large("file", limit)
