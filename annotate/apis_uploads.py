@@ -41,7 +41,6 @@ ERRORS = {
 }
 
 
-
 def _body(serializer_class, request, limit: int):
     """The validated body, or a 413 when the request says it is larger than ``limit`` (refused
     before the body is read)."""
