@@ -455,6 +455,13 @@ class JobAdmin(ServiceAddAdmin):
     readonly_fields = ["status", "total_images", "done_images", "error", "created_by", "created_at",
                        "started_at", "finished_at"]
     missing: Callable
+    service: Callable  # the service that makes a job from the add form's fields
+    audit_action = ""
+
+    def create(self, request, data):
+        job = type(self).service(**{f: data[f] for f in self.add_fields}, created_by=request.user)
+        audit(request, self.audit_action, job)
+        return job
 
     @admin.display(description="progress")
     def progress(self, job):
@@ -676,11 +683,8 @@ class GenerationJobAdmin(JobAdmin):
                   "num_inference_steps", "guidance_scale", "scheduler", "dtype")
     service_errors = (GenerationError,)
     missing = staticmethod(_generation_missing)
-
-    def create(self, request, data):
-        job = generation_job_create(**{f: data[f] for f in self.add_fields}, created_by=request.user)
-        audit(request, "generation_job.create", job)
-        return job
+    service = staticmethod(generation_job_create)
+    audit_action = "generation_job.create"
 
     @admin.action(description="Run again (only missing images)")
     def run_again(self, request, queryset):
@@ -816,11 +820,8 @@ class ScoringJobAdmin(JobAdmin):
                   "prompt_set_version", "normalize", "scale", "temperature", "batch_size")
     service_errors = (ScoringError,)
     missing = staticmethod(_scoring_missing)
-
-    def create(self, request, data):
-        job = scoring_job_create(**{f: data[f] for f in self.add_fields}, created_by=request.user)
-        audit(request, "scoring_job.create", job)
-        return job
+    service = staticmethod(scoring_job_create)
+    audit_action = "scoring_job.create"
 
     @admin.display(description="images of")
     def images_of(self, job):
