@@ -14,6 +14,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import permissions, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.pagination import CursorPagination
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -224,12 +225,22 @@ class SubmissionThrottle(BaseThrottle):
         return self.retry_after
 
 
+class _FirstRendererNegotiation(DefaultContentNegotiation):
+    """The view's one renderer whatever the client accepts, without parsing its Accept header:
+    JSON for the annotator's endpoints (on their hot path) and for the errors of a streamed
+    export. Bodies are still parsed by their Content-Type (415 for what no parser takes)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class AnnotatorApi(APIView):
     """The annotator's endpoints: JSON in and out, token auth without the ORM (hot path)."""
 
     authentication_classes = [FastTokenAuthentication, SessionAuthentication]
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
+    content_negotiation_class = _FirstRendererNegotiation
 
 
 ItemOutput = inline_serializer("AnnotatorItem", {
@@ -472,19 +483,8 @@ class ProgressApi(AnnotatorApi):
 
 from django.http import StreamingHttpResponse  # noqa: E402
 from drf_spectacular.types import OpenApiTypes  # noqa: E402
-from rest_framework.negotiation import BaseContentNegotiation  # noqa: E402
 
 from annotate.services import exports  # noqa: E402
-
-
-class _FirstRendererNegotiation(BaseContentNegotiation):
-    """Errors are JSON whatever the client accepts; the export itself is a streamed file."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0] if parsers else None
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
 
 
 class StudyJudgmentsStreamApi(APIView):

@@ -30,19 +30,25 @@ api = [
         *[path(f"api/{kind}-jobs/<int:job_id>/{action}/", apis_jobs.JobActionApi.as_view(),
                {"kind": kind, "action": action}, name=f"api-{kind}-job-{action}") for action in ("retry", "cancel")],
     )],
-    path("api/annotate/", apis.AnnotatorStudiesApi.as_view(), name="api-annotator-studies"),
-    path("api/annotate/<uuid:study_id>/next/", apis.NextItemApi.as_view(), name="api-next"),
-    path("api/annotate/<uuid:study_id>/submit/", apis.SubmitApi.as_view(), name="api-submit"),
-    path("api/annotate/<uuid:study_id>/skip/", apis.SkipApi.as_view(), name="api-skip"),
-    path("api/annotate/<uuid:study_id>/undo/", apis.UndoApi.as_view(), name="api-undo"),
-    path("api/annotate/<uuid:study_id>/progress/", apis.ProgressApi.as_view(), name="api-progress"),
     path("api/datasets/<int:dataset_id>/images/", apis_uploads.DatasetImageUploadApi.as_view(),
          name="api-dataset-images"),
     path("api/datasets/<int:dataset_id>/prompts.csv", apis_uploads.DatasetPromptsCsvApi.as_view(),
          name="api-dataset-prompts-csv"),
 ]
 
+# The annotator's endpoints come first: a URL is resolved by trying the patterns in order, and
+# these take nearly every request (next + submit per judgment).
+annotator_api = [
+    path("api/annotate/", apis.AnnotatorStudiesApi.as_view(), name="api-annotator-studies"),
+    path("api/annotate/<uuid:study_id>/next/", apis.NextItemApi.as_view(), name="api-next"),
+    path("api/annotate/<uuid:study_id>/submit/", apis.SubmitApi.as_view(), name="api-submit"),
+    path("api/annotate/<uuid:study_id>/skip/", apis.SkipApi.as_view(), name="api-skip"),
+    path("api/annotate/<uuid:study_id>/undo/", apis.UndoApi.as_view(), name="api-undo"),
+    path("api/annotate/<uuid:study_id>/progress/", apis.ProgressApi.as_view(), name="api-progress"),
+]
+
 urlpatterns = [
+    *annotator_api,
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset-detail"),

@@ -300,6 +300,7 @@ class HttpClient:
         self.head = (f"Host: {host}:{port}\r\nAuthorization: Token {token}\r\n"
                      "Content-Type: application/json\r\nAccept: application/json\r\n").encode()
         self.reader = self.writer = None
+        self.retry_after = 0.0  # of the last answer: its Retry-After header in seconds, else 0
 
     def close(self) -> None:
         if self.writer is not None:
@@ -319,6 +320,8 @@ class HttpClient:
                 status = int(head[9:12])
                 lower = head.lower()
                 close = b"\r\nconnection: close" in lower
+                j = lower.find(b"\r\nretry-after:")
+                self.retry_after = float(lower[j + 14: lower.index(b"\r\n", j + 2)]) if j >= 0 else 0.0
                 i = lower.find(b"\r\ncontent-length:")
                 if i >= 0:
                     length = int(lower[i + 17: lower.index(b"\r\n", i + 2)])
@@ -390,6 +393,15 @@ async def annotator(run: Run, host: str, port: int, token: str, study: str, paus
             t1 = time.perf_counter()
             try:
                 status, body = await client.post(submit_path, payload)
+                # Refused for now (429: the rate limit; 503: a service restarting): wait what
+                # Retry-After says and send the same answer again, as annotate.js does.
+                while status in (429, 503) and not run.stop.is_set():
+                    run.errors[f"submit_{status}"] += 1
+                    try:
+                        await asyncio.wait_for(run.stop.wait(), timeout=max(client.retry_after, 0.05))
+                    except TimeoutError:
+                        pass
+                    status, body = await client.post(submit_path, payload)
             except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
                 run.errors[f"submit_{type(exc).__name__}"] += 1
                 run.uncertain.add(client_id)
@@ -401,6 +413,9 @@ async def annotator(run: Run, host: str, port: int, token: str, study: str, paus
             elif status == 200:
                 run.repeats += 1
                 run.acked.add(client_id)
+            elif status in (429, 503):  # still refused when the run stopped
+                run.uncertain.add(client_id)
+                continue
             else:
                 run.errors[f"submit_{status}"] += 1
                 continue

@@ -17,8 +17,10 @@ import logging
 import sys
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import connections
 from django.db.utils import InterfaceError, OperationalError
+from django.dispatch import receiver
 from django.http import HttpResponse, JsonResponse
 from django.views import defaults
 
@@ -143,20 +145,44 @@ def server_error(request, *args, **kwargs):
 
 class ContentSecurityPolicyMiddleware:
     """Sets ``settings.CALIBRA_CSP`` (or the policy of the longest matching prefix in
-    ``CALIBRA_CSP_BY_PATH``) on every response that has no Content-Security-Policy of its own."""
+    ``CALIBRA_CSP_BY_PATH``) on every response that has no Content-Security-Policy of its own.
+    The policies' header values are built once (again when a test overrides the settings)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     @staticmethod
     def policy_for(path: str) -> str:
-        by_path = settings.CALIBRA_CSP_BY_PATH
-        prefix = max((p for p in by_path if path.startswith(p)), key=len, default=None)
-        directives = by_path[prefix] if prefix is not None else settings.CALIBRA_CSP
-        return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())
+        default, by_path = _csp_headers()
+        for prefix, header in by_path:  # longest prefix first
+            if path.startswith(prefix):
+                return header
+        return default
 
     def __call__(self, request):
         response = self.get_response(request)
         if "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = self.policy_for(request.path_info)
         return response
+
+
+def _csp_header(directives: dict) -> str:
+    return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())
+
+
+_csp_cache: list = []
+
+
+def _csp_headers() -> tuple[str, list[tuple[str, str]]]:
+    """(the default policy's header value, [(path prefix, its header value)] longest first)."""
+    if not _csp_cache:
+        by_path = settings.CALIBRA_CSP_BY_PATH
+        _csp_cache.append((_csp_header(settings.CALIBRA_CSP),
+                           [(prefix, _csp_header(by_path[prefix])) for prefix in sorted(by_path, key=len, reverse=True)]))
+    return _csp_cache[0]
+
+
+@receiver(setting_changed)
+def _csp_setting_changed(setting, **kwargs):
+    if setting in ("CALIBRA_CSP", "CALIBRA_CSP_BY_PATH"):
+        _csp_cache.clear()
