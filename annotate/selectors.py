@@ -1,6 +1,9 @@
 """Reads. Views, APIs and commands ask here instead of building querysets themselves."""
 import functools
+import hashlib
+import hmac
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet, Sum
 from django.urls import get_script_prefix, reverse
@@ -90,12 +93,26 @@ def _image_url_template(script_prefix: str) -> str:
     return reverse("annotate-image", args=[_STUDY_MARK, _ITEM_MARK, "SLOT"])
 
 
-def _image_url(study_public_id, item_public_id, slot: str) -> str:
+def _image_url(study_public_id, item_public_id, slot: str, lease_id) -> str:
     """reverse("annotate-image", ...) by substitution into the reversed pattern, reversed once
-    per script prefix (a hot path: twice per next item)."""
+    per script prefix (a hot path: twice per next item), with the lease's token (below)."""
     template = _image_url_template(get_script_prefix())
     return (template.replace(_STUDY_MARK, str(study_public_id)).replace(_ITEM_MARK, str(item_public_id))
-            .replace("SLOT", slot))
+            .replace("SLOT", slot)) + "?v=" + lease_image_token(lease_id)
+
+
+@functools.lru_cache(maxsize=4)
+def _lease_token_key(secret: str) -> bytes:
+    return hashlib.sha256(b"calibra annotator image lease\0" + secret.encode()).digest()
+
+
+def lease_image_token(lease_id) -> str:
+    """An opaque token for a lease in its images' URLs: an item's left and right are drawn
+    anew for each lease, so the URL of a slot names the lease, and a browser's cached image of
+    an earlier lease (the other side, perhaps another annotator's on a shared computer) is
+    never shown for this one. Keyed with SECRET_KEY; it tells an annotator nothing."""
+    key = _lease_token_key(settings.SECRET_KEY)
+    return hashlib.blake2b(str(lease_id).encode(), key=key, digest_size=9).hexdigest()
 
 
 def annotator_item_payload(*, lease: Assignment, study: Study) -> dict:
@@ -108,18 +125,27 @@ def annotator_item_payload(*, lease: Assignment, study: Study) -> dict:
         "rating_scale": study.rating_scale,
         "prompt": item.prompt.text,
         "question": study.question,
-        "images": [{"slot": slot, "url": _image_url(study.public_id, item.public_id, slot)} for slot in slots],
+        "images": [{"slot": slot, "url": _image_url(study.public_id, item.public_id, slot, lease.pk)}
+                   for slot in slots],
         "expires_at": lease.expires_at.isoformat(),
     }
 
 
-def annotator_image_for_slot(*, study: Study, annotator, item_public_id, slot: str) -> Image | None:
-    """The image behind a slot of an item the annotator holds or held a lease on."""
+def annotator_image_for_slot(*, study: Study, annotator, item_public_id, slot: str,
+                             token: str | None = None) -> Image | None:
+    """The image behind a slot of an item the annotator holds or held a lease on: as the lease
+    named by ``token`` placed it (None when no lease of theirs has that token), or without a
+    token as their latest lease does."""
     try:
         item = StudyItem.objects.select_related("image_a", "image_b").get(study=study, public_id=item_public_id)
     except (StudyItem.DoesNotExist, ValueError, ValidationError):
         return None
-    lease = Assignment.objects.filter(item=item, annotator=annotator).order_by("-leased_at").first()
+    leases = Assignment.objects.filter(item=item, annotator=annotator).order_by("-leased_at", "-pk")
+    if token is None:
+        lease = leases.only("a_on_left").first()
+    else:
+        lease = next((lease for lease in leases.only("a_on_left")
+                      if hmac.compare_digest(lease_image_token(lease.pk), token)), None)
     if lease is None:
         return None
     if slot == "single" and item.image_b_id is None:

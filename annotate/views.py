@@ -53,7 +53,8 @@ def home(request):
         return _researcher_home(request)
     studies = []
     if request.user.is_authenticated:
-        studies = [(m.study, progress_of(m)) for m in selectors.annotator_open_memberships(annotator=request.user)]
+        studies = [(m.study, progress_of(m), m.is_paused)
+                   for m in selectors.annotator_open_memberships(annotator=request.user)]
     return render(request, "annotate/home.html", {"studies": studies})
 
 
@@ -101,15 +102,18 @@ def annotate_image(request, study_id, item_id, slot: str):
     """An image of an item the annotator holds or held a lease on, in an open study they are
     a member of; 404 for anything else, so that nothing can be told apart by guessing."""
     study = selectors.annotator_study_get(annotator=request.user, public_id=study_id)
+    token = request.GET.get("v")
     image = study and study.status == Study.Status.OPEN and selectors.annotator_image_for_slot(
-        study=study, annotator=request.user, item_public_id=item_id, slot=slot)
+        study=study, annotator=request.user, item_public_id=item_id, slot=slot, token=token)
     if not image or not image.file:
         raise Http404
     response = FileResponse(default_storage.open(image.file.name),
                             content_type=mimetypes.guess_type(image.file.name)[0] or "image/jpeg")
     # FileResponse names the stored file (prompt, seed, index) in Content-Disposition: not for annotators.
     response.headers.pop("Content-Disposition", None)
-    response["Cache-Control"] = "private, max-age=3600"
+    # With its lease's token a URL always names the same image, so the browser may keep it; a
+    # URL without one follows the latest lease (its side may differ next time): never kept.
+    response["Cache-Control"] = "private, max-age=86400, immutable" if token else "private, no-store"
     return response
 
 

@@ -130,6 +130,56 @@ def test_annotator_cannot_take_anothers_lease_or_see_its_images():
     assert not Judgment.objects.exists()
 
 
+def test_an_item_leased_again_gets_image_urls_of_its_own_lease(media_root):
+    """A lease draws the sides anew: the URLs of a slot name their lease, so a browser's cached
+    image of the earlier lease (the other side) is never shown for the new one."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotate import selectors
+    from annotate.models import Assignment
+    from annotate.services import annotation, queue_sql
+
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=1, per_prompt=1, redundancy=1)
+    for image in Image.objects.all():
+        path = media_root / image.file.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"image {image.pk}".encode())
+    browser = APIClient()
+    browser.force_login(user)
+
+    def shown(payload):
+        return {im["slot"]: b"".join(browser.get(im["url"]).streaming_content) for im in payload["images"]}
+
+    first = client_for(user).post(next_url(study), {}, format="json").json()
+    before = shown(first)
+    old = Assignment.objects.get()
+    later = timezone.now() + timedelta(hours=3)  # the lease lapsed and was released
+    assert queue_sql.leases_release_lapsed(now=later) == 1
+    lease = annotation.assignment_next(study=study, annotator=user, now=later)
+    assert lease.item.public_id == old.item.public_id and lease.pk != old.pk
+    Assignment.objects.filter(pk=lease.pk).update(a_on_left=not old.a_on_left)  # the other side this time
+    lease.a_on_left = not old.a_on_left
+    second = selectors.annotator_item_payload(lease=lease, study=study)
+    after = shown(second)
+    assert after == {"left": before["right"], "right": before["left"]}
+    assert {im["url"] for im in first["images"]}.isdisjoint(im["url"] for im in second["images"])
+    # An earlier lease's URL still names what that lease showed, so a cached copy is right for it.
+    assert shown(first) == before
+    cached = browser.get(second["images"][0]["url"])
+    assert "immutable" in cached["Cache-Control"] and "private" in cached["Cache-Control"]
+    # A made-up token names no lease; without one, the latest lease decides and nothing is kept.
+    url = second["images"][0]["url"]
+    assert browser.get(url.split("?")[0] + "?v=" + "0" * 18).status_code == 404
+    bare = browser.get(url.split("?")[0])
+    assert b"".join(bare.streaming_content) == after["left"] and "no-store" in bare["Cache-Control"]
+    other = APIClient()  # another annotator on the same study's URL: nothing
+    other.force_login(annotators(1, prefix="other")[0])
+    assert other.get(url).status_code == 404
+
+
 def test_anonymous_users_get_nothing():
     (user,) = annotators(1)
     study = open_pairwise(members=[user])

@@ -557,7 +557,7 @@ def web_as(user) -> Client:
 def test_images_reach_only_the_member_who_holds_the_item(leased):
     study, item, url = leased["study"], leased["item"], leased["url"]
     mine = web_as(leased["member"]).get(url)
-    assert mine.status_code == 200 and mine["Cache-Control"] == "private, max-age=3600"
+    assert mine.status_code == 200 and mine["Cache-Control"] == "private, max-age=86400, immutable"
     assert "Content-Disposition" not in mine  # it would name the stored file
     assert web_as(leased["outsider"]).get(url).status_code == 404  # not a member
     elsewhere = web_as(leased["elsewhere"])
