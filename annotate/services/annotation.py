@@ -313,11 +313,19 @@ def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID
 
 
 def judgment_undo(*, study: Study, annotator, now: datetime | None = None) -> Assignment:
-    """Take back the annotator's last judgment while its lease holds; returns the lease, open again."""
+    """Take back the annotator's last answer, a judgment or a skip, while its lease holds;
+    returns the lease, open again.
+
+    A skip gave its slot back to the item: taking it back takes the slot again, unless the item
+    has been given to others since (then it cannot be undone)."""
     now = now or timezone.now()
     with transaction.atomic():
         last = (Judgment.objects.filter(item__study=study, annotator=annotator)
                 .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())
+        skipped = (Skip.objects.filter(item__study=study, annotator=annotator)
+                   .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())
+        if skipped is not None and (last is None or skipped.created_at >= last.created_at):
+            return _skip_undo(study, annotator, skipped, now)
         if last is None:
             raise ItemUnavailable("there is nothing to undo")
         lease = last.assignment
@@ -333,3 +341,19 @@ def judgment_undo(*, study: Study, annotator, now: datetime | None = None) -> As
         lease.refresh_from_db()
         lease.item = last.item
         return lease
+
+
+def _skip_undo(study: Study, annotator, skipped: Skip, now: datetime) -> Assignment:
+    lease = skipped.assignment
+    if lease is None or lease.expires_at <= now:
+        raise ItemUnavailable("the lease of your last answer has expired; it can no longer be undone")
+    item = StudyItem.objects.select_for_update().get(pk=skipped.item_id)
+    if item.taken >= study.redundancy:
+        raise ItemUnavailable("the item you skipped has been given to others since; it can no longer be undone")
+    StudyItem.objects.filter(pk=item.pk).update(taken=F("taken") + 1)
+    StudyMembership.objects.filter(study=study, annotator=annotator).update(skipped_count=F("skipped_count") - 1)
+    skipped.delete()
+    Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.ACTIVE)
+    lease.refresh_from_db()
+    lease.item = skipped.item
+    return lease

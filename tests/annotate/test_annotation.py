@@ -230,6 +230,42 @@ def test_undo_while_the_lease_holds():
     assert Judgment.objects.count() == 1
 
 
+def test_undo_takes_back_the_last_skip_then_the_answer_before_it():
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=3, per_prompt=1, redundancy=1)
+    first = assignment_next(study=study, annotator=user)
+    answer(study, user, first)
+    second = assignment_next(study=study, annotator=user)
+    annotation.skip_submit(study=study, annotator=user, item_public_id=second.item.public_id,
+                           client_id=uuid.uuid4(), reason="unsure")
+    item = StudyItem.objects.get(pk=second.item_id)
+    assert (item.taken, StudyMembership.objects.get(annotator=user).skipped_count) == (0, 1)
+    back = judgment_undo(study=study, annotator=user)  # the skip, the last thing done
+    assert back.pk == second.pk and back.state == "active" and back.item.public_id == second.item.public_id
+    assert not Skip.objects.exists() and StudyItem.objects.get(pk=second.item_id).taken == 1
+    assert StudyMembership.objects.get(annotator=user).skipped_count == 0
+    assert assignment_next(study=study, annotator=user) == back  # held again, not passed over
+    again = judgment_undo(study=study, annotator=user)  # then the answer before it
+    assert again.pk == first.pk and not Judgment.objects.exists()
+    with pytest.raises(ItemUnavailable, match="nothing to undo"):
+        judgment_undo(study=study, annotator=user)
+
+
+def test_a_skip_whose_item_went_to_someone_else_cannot_be_undone():
+    user, other = annotators(2)
+    study = open_pairwise(members=[user, other], prompts=1, per_prompt=1, redundancy=1)
+    lease = assignment_next(study=study, annotator=user)
+    annotation.skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+                           client_id=uuid.uuid4(), reason="unsure")
+    taken = assignment_next(study=study, annotator=other)
+    assert taken.item_id == lease.item_id
+    with pytest.raises(ItemUnavailable, match="given to others"):
+        judgment_undo(study=study, annotator=user)
+    assert Skip.objects.count() == 1 and StudyItem.objects.get(pk=lease.item_id).taken == 1
+    with pytest.raises(ItemUnavailable, match="expired"):  # nor one whose lease lapsed
+        judgment_undo(study=study, annotator=user, now=lease.expires_at + timedelta(seconds=1))
+
+
 def test_gold_accuracy_below_threshold_pauses_and_flags_without_deleting():
     (user,) = annotators(1)
     # alpha always right, beta always wrong: every item has a known answer.
