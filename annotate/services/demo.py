@@ -33,6 +33,13 @@ DEMO_INSTRUCTIONS = """Each image was made from the **description** above it.
 - Ignore style and image quality.
 - When both images are equally right or equally wrong, answer **tie**.
 """
+DEMO_RATING_INSTRUCTIONS = """The image was made from the **description** above it.
+
+- Answer **yes** only when the image shows everything the description says: the objects, and
+  **how many** of each. A missing object or a wrong count is a **no**.
+- Ignore style and image quality.
+- When you cannot tell, skip the image rather than guess.
+"""
 
 
 def demo_tiny_diffusers_checkpoint() -> Checkpoint:
@@ -164,7 +171,7 @@ def demo_studies_create() -> list[Study]:
     if not Study.objects.filter(name="Demo: does it match?").exists():
         made.append(study_create_rating(
             name="Demo: does it match?", dataset=dataset, checkpoints=checkpoints,
-            instructions=DEMO_INSTRUCTIONS, gold_share=0.1, redundancy=3,
+            instructions=DEMO_RATING_INSTRUCTIONS, gold_share=0.1, redundancy=3,
         ))
     for study in made:
         study_add_members(study=study, usernames=list(DEMO_ACCOUNTS))

@@ -44,3 +44,6 @@ def test_seed_demo_makes_accounts_images_and_open_studies_once(client):
     client.force_login(annotator)
     home = client.get("/").content.decode()
     assert "Demo: which image matches?" in home and "Demo: does it match?" in home
+    # Each study's instructions fit its task: a tie is for two images, never for one.
+    assert "tie" in pairwise.instructions and "tie" not in rating.instructions
+    assert "yes" in rating.instructions
