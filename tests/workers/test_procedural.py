@@ -49,6 +49,24 @@ def test_error_rate_sets_how_often_the_drawing_is_wrong():
     assert 0.6 < np.mean(some) < 0.8
 
 
+def test_error_rate_holds_across_prompts_at_one_seed_and_checkpoints_err_independently():
+    """A demo makes a few seeds of many prompts: the share drawn wrong must be error_rate there
+    too, and two checkpoints' mistakes must not fall on the same images (nor one's inside the
+    other's)."""
+    prompts = [f"a realistic photo of {count_phrase(name, n)}" for n in range(2, 7) for name in OBJECTS]
+    assert len(prompts) == 125 and all(parse_scene(p) for p in prompts)
+    careful = [procedural.render(p, seed=0, size=(32, 32), error_rate=0.1, salt="careful").matches_prompt
+               for p in prompts]
+    sloppy = [procedural.render(p, seed=0, size=(32, 32), error_rate=0.45, salt="sloppy").matches_prompt
+              for p in prompts]
+    assert 0.02 <= 1 - np.mean(careful) <= 0.2 and 0.33 <= 1 - np.mean(sloppy) <= 0.57
+    careful_wrong = {i for i, ok in enumerate(careful) if not ok}
+    sloppy_wrong = {i for i, ok in enumerate(sloppy) if not ok}
+    assert careful_wrong and not careful_wrong <= sloppy_wrong
+    again = procedural.render(prompts[0], seed=0, size=(32, 32), error_rate=0.45, salt="sloppy")
+    assert again.matches_prompt == sloppy[0]
+
+
 def test_image_seed_is_deterministic_and_distinct():
     assert image_seed(0, 0) == image_seed(0, 0)
     seeds = {image_seed(s, i) for s in range(5) for i in range(10)}

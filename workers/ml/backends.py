@@ -84,10 +84,11 @@ class GeneratorBackend(Protocol):
 class ProceduralBackend:
     compiled = False
 
-    def __init__(self, error_rate: float = 0.0):
+    def __init__(self, error_rate: float = 0.0, salt: str = ""):
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"config.error_rate must be within [0, 1], not {error_rate}")
         self.error_rate = error_rate
+        self.salt = salt  # the checkpoint's: which of its images are drawn wrong (procedural.render)
 
     def warm_up(self, params, batch_size: int) -> float:
         return 0.0
@@ -95,7 +96,8 @@ class ProceduralBackend:
     def generate(self, prompts, seeds, params):
         out = []
         for prompt, seed in zip(prompts, seeds, strict=True):
-            r = procedural.render(prompt, seed=seed, size=(params.width, params.height), error_rate=self.error_rate)
+            r = procedural.render(prompt, seed=seed, size=(params.width, params.height), error_rate=self.error_rate,
+                                  salt=self.salt)
             meta = {} if r.asked is None else {"matches_prompt": r.matches_prompt, "drawn": r.drawn.describe()}
             out.append(Generated(r.image, meta))
         return out
@@ -153,7 +155,8 @@ def _free_device_memory() -> None:
 
 def _build(spec: BackendSpec, *, dtype: str, device: str | None, compile_unet: bool) -> GeneratorBackend:
     if spec.backend == "procedural":
-        return ProceduralBackend(error_rate=float(spec.config.get("error_rate", 0.0)))
+        return ProceduralBackend(error_rate=float(spec.config.get("error_rate", 0.0)),
+                                 salt=spec.fingerprint or repr(sorted(spec.config.items())))
     from workers.ml.diffusion import DiffusersBackend, device_pick, dtype_pick, pipeline_load
 
     dev = device_pick(device)

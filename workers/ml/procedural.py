@@ -71,16 +71,25 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, 
         draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill, outline=(20, 20, 20))
 
 
-def render(prompt: str, *, seed: int, size: tuple[int, int] = (256, 256), error_rate: float = 0.0) -> Rendered:
-    """Draw ``prompt`` deterministically from ``seed``. A failure raises RuntimeError naming the
+def render(prompt: str, *, seed: int, size: tuple[int, int] = (256, 256), error_rate: float = 0.0,
+           salt: str = "") -> Rendered:
+    """Draw ``prompt`` deterministically from ``seed``. Whether it is drawn wrong is drawn from
+    the seed, the prompt and ``salt`` (the checkpoint's), so that a checkpoint's mistakes fall on
+    ``error_rate`` of its images whatever the number of seeds, independently of another
+    checkpoint's. A failure raises RuntimeError naming the
     prompt (a job's error text must say which prompt broke, not just ``KeyError: 11``)."""
     try:
-        return _render(prompt, seed=seed, size=size, error_rate=error_rate)
+        return _render(prompt, seed=seed, size=size, error_rate=error_rate, salt=salt)
     except Exception as exc:
         raise RuntimeError(f"procedural render of {prompt!r} (seed {seed}): {type(exc).__name__}: {exc}") from exc
 
 
-def _render(prompt: str, *, seed: int, size: tuple[int, int], error_rate: float) -> Rendered:
+def _wrong(prompt: str, seed: int, salt: str, error_rate: float) -> bool:
+    words = [int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") for text in (prompt, salt)]
+    return bool(np.random.default_rng([int(seed), *words]).random() < error_rate)
+
+
+def _render(prompt: str, *, seed: int, size: tuple[int, int], error_rate: float, salt: str) -> Rendered:
     rng = np.random.default_rng(seed)
     width, height = size
     background = tuple(int(v) for v in rng.integers(225, 256, size=3))
@@ -91,7 +100,7 @@ def _render(prompt: str, *, seed: int, size: tuple[int, int], error_rate: float)
     if asked is None:
         draw.multiline_text((8, 8), _wrap(prompt, 28), fill=(40, 40, 40), font=font)
         return Rendered(image, None, None)
-    drawn = _perturb(asked, rng) if rng.random() < error_rate else asked
+    drawn = _perturb(asked, rng) if _wrong(prompt, seed, salt, error_rate) else asked
     instances = [o.name for o in drawn.objects for _ in range(o.count)]
     cols = int(np.ceil(np.sqrt(len(instances))))
     rows = int(np.ceil(len(instances) / cols))
