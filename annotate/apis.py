@@ -368,7 +368,8 @@ class NextItemApi(AnnotatorApi):
         exclude = serializers.ListField(child=serializers.UUIDField(), required=False, default=list, max_length=50)
 
     @extend_schema(request=Input, responses={200: ItemOutput, 204: inline_serializer(
-        "Done", {"done": serializers.BooleanField(), "completion_code": serializers.CharField()})})
+        "Done", {"done": serializers.BooleanField(), "completion_code": serializers.CharField(),
+                 "reason": serializers.CharField()})})
     def post(self, request, study_id):
         membership = _membership(request, study_id)
         study = membership.study
@@ -383,7 +384,12 @@ class NextItemApi(AnnotatorApi):
             return error_response(exc)
         progress = annotation.progress_of(membership)
         if lease is None:
-            return Response({"done": True, "completion_code": study.completion_code, "progress": progress})
+            # The completion code pays a crowd worker: only for work done. Someone who arrives when
+            # the others have filled every slot is told so, without a code.
+            if progress["answered"]:
+                return Response({"done": True, "completion_code": study.completion_code, "reason": "finished",
+                                 "progress": progress})
+            return Response({"done": True, "completion_code": "", "reason": "no_items_left", "progress": progress})
         return Response({**selectors.annotator_item_payload(lease=lease, study=study), "progress": progress})
 
 

@@ -206,9 +206,10 @@ def _locked_item_and_lease(study: Study, annotator, item_public_id):
 
 def _raise_not_leased(item, annotator) -> None:
     """Why an item without an open lease of the annotator's cannot be answered."""
-    if (Judgment.objects.filter(item_id=item.id, annotator=annotator).exists()
-            or Skip.objects.filter(item_id=item.id, annotator=annotator).exists()):
+    if Judgment.objects.filter(item_id=item.id, annotator=annotator).exists():
         raise ItemUnavailable("you already answered this item")
+    if Skip.objects.filter(item_id=item.id, annotator=annotator).exists():
+        raise ItemUnavailable("you skipped this item; undo the skip to answer it")
     raise ItemUnavailable("this item was not assigned to you")
 
 

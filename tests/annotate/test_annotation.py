@@ -240,6 +240,8 @@ def test_undo_takes_back_the_last_skip_then_the_answer_before_it():
                            client_id=uuid.uuid4(), reason="unsure")
     item = StudyItem.objects.get(pk=second.item_id)
     assert (item.taken, StudyMembership.objects.get(annotator=user).skipped_count) == (0, 1)
+    with pytest.raises(ItemUnavailable, match="you skipped this item"):
+        answer(study, user, second)
     back = judgment_undo(study=study, annotator=user)  # the skip, the last thing done
     assert back.pk == second.pk and back.state == "active" and back.item.public_id == second.item.public_id
     assert not Skip.objects.exists() and StudyItem.objects.get(pk=second.item_id).taken == 1

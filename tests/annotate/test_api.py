@@ -213,8 +213,20 @@ def test_done_returns_the_completion_code():
     api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "aligned"},
              format="json")
     done = api.post(next_url(study), {}, format="json").json()
-    assert done == {"done": True, "completion_code": study.completion_code,
+    assert done == {"done": True, "completion_code": study.completion_code, "reason": "finished",
                     "progress": {"answered": 1, "skipped": 0, "target": 1}}
+
+
+def test_a_member_who_finds_every_slot_filled_gets_no_completion_code():
+    worker, late = annotators(2)
+    study = open_rating(members=[worker, late], prompts=1, per_prompt=1, checkpoints=("only",), redundancy=1)
+    api = client_for(worker)
+    item = api.post(next_url(study), {}, format="json").json()
+    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "aligned"},
+             format="json")
+    done = client_for(late).post(next_url(study), {}, format="json").json()
+    assert done["done"] and done["completion_code"] == "" and done["reason"] == "no_items_left"
+    assert study.completion_code not in json.dumps(done) and done["progress"]["answered"] == 0
 
 
 def test_undo_and_skip_over_the_api():
