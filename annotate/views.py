@@ -4,6 +4,7 @@ import mimetypes
 import markdown
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.db import connection
@@ -97,10 +98,34 @@ def annotate_study(request, study_id):
     })
 
 
-@login_required
+def _token_user(request):
+    """The user of an ``Authorization: Token <key>`` header (the annotator API's clients), None
+    without one, False for a key that names no active user."""
+    from rest_framework.authentication import TokenAuthentication, get_authorization_header
+    from rest_framework.exceptions import AuthenticationFailed
+
+    parts = get_authorization_header(request).split()
+    if len(parts) != 2 or parts[0].lower() != b"token":
+        return None
+    try:
+        return TokenAuthentication().authenticate_credentials(parts[1].decode())[0]
+    except (AuthenticationFailed, UnicodeError):
+        return False
+
+
 def annotate_image(request, study_id, item_id, slot: str):
     """An image of an item the annotator holds or held a lease on, in an open study they are
-    a member of; 404 for anything else, so that nothing can be told apart by guessing."""
+    a member of; 404 for anything else, so that nothing can be told apart by guessing.
+
+    Signed in (the annotator's page), or with the API's token (a client of the annotator API
+    fetches the URLs that next/ gave it): a bad token is a 401, no credentials go to sign-in."""
+    if not request.user.is_authenticated:
+        user = _token_user(request)
+        if user is False:
+            return JsonResponse({"detail": "Invalid token."}, status=401, headers={"WWW-Authenticate": "Token"})
+        if user is None:
+            return redirect_to_login(request.get_full_path())
+        request.user = user
     study = selectors.annotator_study_get(annotator=request.user, public_id=study_id)
     token = request.GET.get("v")
     image = study and study.status == Study.Status.OPEN and selectors.annotator_image_for_slot(

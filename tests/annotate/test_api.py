@@ -180,6 +180,27 @@ def test_an_item_leased_again_gets_image_urls_of_its_own_lease(media_root):
     assert other.get(url).status_code == 404
 
 
+def test_a_token_client_fetches_the_images_next_gave_it(media_root):
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=1, per_prompt=1)
+    for image in Image.objects.all():
+        path = media_root / image.file.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"image {image.pk}".encode())
+    token = Token.objects.create(user=user)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    item = api.post(next_url(study), {}, format="json").json()
+    url = item["images"][0]["url"]
+    got = api.get(url)
+    assert got.status_code == 200 and b"".join(got.streaming_content).startswith(b"image ")
+    api.credentials(HTTP_AUTHORIZATION="Token not-a-key")
+    assert api.get(url).status_code == 401
+    (stranger,) = annotators(1, prefix="stranger")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=stranger).key}")
+    assert api.get(url).status_code == 404  # a valid token of someone without the item
+
+
 def test_anonymous_users_get_nothing():
     (user,) = annotators(1)
     study = open_pairwise(members=[user])
