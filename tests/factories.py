@@ -1,4 +1,6 @@
 """Small builders for studies, shared by the tests."""
+import hashlib
+
 from annotate.models import Checkpoint, Dataset, Image, Prompt
 from annotate.roles import ANNOTATORS
 from annotate.services.accounts import user_create_with_role
@@ -16,9 +18,9 @@ def make_images(*, prompts: int = 4, per_prompt: int = 2, checkpoints=("alpha-ck
         for ckpt in made:
             for i in range(per_prompt):
                 meta = {} if truth is None else {"matches_prompt": truth(ckpt.name, p, i)}
-                Image.objects.create(prompt=prompt, checkpoint=ckpt, seed=0, index=i, metadata=meta,
-                                     file=f"generated/{ckpt.id}/{prompt.id}_0_{i}.jpg", sha256="0" * 64,
-                                     size_bytes=1)
+                file = f"generated/{ckpt.id}/{prompt.id}_0_{i}.jpg"  # each its own bytes
+                Image.objects.create(prompt=prompt, checkpoint=ckpt, seed=0, index=i, metadata=meta, file=file,
+                                     sha256=hashlib.sha256(file.encode()).hexdigest(), size_bytes=1)
     return dataset, made
 
 

@@ -26,6 +26,10 @@ class StudyError(ValueError):
     """A study cannot be made or changed as asked; the message says why."""
 
 
+class NothingToCompare(StudyError):
+    """Every pair a pairwise study would hold shows one image twice."""
+
+
 class _Img(NamedTuple):
     id: int
     checkpoint_id: int
@@ -33,6 +37,12 @@ class _Img(NamedTuple):
     seed: int
     index: int
     metadata: dict
+    file: str
+    sha256: str
+
+    def same_as(self, other: _Img) -> bool:
+        """The same picture: one stored file, or the same bytes (a best-of-n pick, a rerun)."""
+        return self.file == other.file or bool(self.sha256) and self.sha256 == other.sha256
 
 
 def image_truth(image, positive_labels: int | None = None) -> bool | None:
@@ -77,6 +87,10 @@ def study_create_pairwise(
     ``pairing="matched"`` pairs images with the same seed and index; ``"random"`` draws one
     image of each checkpoint per prompt. Which checkpoint is image A is drawn per item, and
     the side A is shown on is drawn again for every lease.
+
+    A pair that shows one picture twice (two checkpoints that made the same image, such as
+    raw and TextNorm best-of-n picks that agree) is left out: it asks annotators for nothing
+    and would only add ties. ``study.identical_pairs`` says how many were left out.
     """
     checkpoints = list(dict.fromkeys(checkpoints))
     if len(checkpoints) < 2:
@@ -87,13 +101,13 @@ def study_create_pairwise(
     images: dict[tuple[int, int], list[_Img]] = defaultdict(list)  # (checkpoint, prompt) -> images
     for row in (Image.objects.filter(prompt__dataset=dataset, checkpoint__in=checkpoints).exclude(file="")
                 .order_by("prompt_id", "seed", "index")
-                .values_list("id", "checkpoint_id", "prompt_id", "seed", "index", "metadata")):
+                .values_list("id", "checkpoint_id", "prompt_id", "seed", "index", "metadata", "file", "sha256")):
         image = _Img(*row)
         images[(image.checkpoint_id, image.prompt_id)].append(image)
     study = Study.objects.create(**_study_fields(Study.Kind.PAIRWISE, dict(
         name=name, dataset=dataset, gold_share=gold_share, created_by=created_by, **fields)))
     study.checkpoints.set(checkpoints)
-    items, answers = [], {}
+    items, answers, identical = [], {}, 0
     for first, second in itertools.combinations(checkpoints, 2):
         for prompt_id in dataset.prompts.order_by("source_index").values_list("id", flat=True):
             left, right = images.get((first.id, prompt_id), []), images.get((second.id, prompt_id), [])
@@ -103,14 +117,21 @@ def study_create_pairwise(
             else:
                 pairs = [(rng.choice(left), rng.choice(right))] if left and right else []
             for a, b in pairs:
+                if a.same_as(b):
+                    identical += 1
+                    continue
                 if rng.random() < 0.5:
                     a, b = b, a
                 truth_a, truth_b = image_truth(a), image_truth(b)
                 if truth_a is not None and truth_b is not None and truth_a != truth_b:
                     answers[len(items)] = "a" if truth_a else "b"
                 items.append(StudyItem(study=study, prompt_id=prompt_id, image_a_id=a.id, image_b_id=b.id))
+    if not items and identical:
+        raise NothingToCompare(f"every pair of images shows the same picture twice ({identical} pairs): "
+                               "the checkpoints made the same images; there is nothing to compare")
     if not items:
         raise StudyError(f"the checkpoints have no images with files for the prompts of {dataset.name}")
+    study.identical_pairs = identical
     return _study_items_save(study, items, answers, gold_share, rng, created_by)
 
 
@@ -121,7 +142,8 @@ def _study_items_save(study: Study, items: list[StudyItem], answers: dict[int, s
     study.item_count = len(items)
     study.save(update_fields=["item_count"])
     audit(created_by, "study.create", study, kind=study.kind, dataset=study.dataset_id,
-          checkpoints=sorted(c.pk for c in study.checkpoints.all()))
+          checkpoints=sorted(c.pk for c in study.checkpoints.all()),
+          **({"identical_pairs_left_out": study.identical_pairs} if getattr(study, "identical_pairs", 0) else {}))
     return study
 
 

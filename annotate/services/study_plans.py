@@ -6,7 +6,13 @@ from django.db import transaction
 
 from annotate.models import Checkpoint, Dataset, RewardModel, RewardScore, Study
 from annotate.services.scoring import ScoringError, best_of_n_create
-from annotate.services.studies import StudyError, study_add_members, study_create_pairwise, study_create_rating
+from annotate.services.studies import (
+    NothingToCompare,
+    StudyError,
+    study_add_members,
+    study_create_pairwise,
+    study_create_rating,
+)
 
 
 def _create(kind: str, members: list[str], **fields) -> Study:
@@ -66,15 +72,11 @@ def best_of_n_study_create(
         raise StudyError(str(exc)) from None
     fields.pop("pairing", None)
     fields.pop("checkpoints", None)
-    study = study_create_pairwise(name=name, dataset=dataset, checkpoints=picks, pairing="matched",
-                                  created_by=created_by, **fields)
-    same = [item.pk for item in study.items.select_related("image_a", "image_b")
-            if item.image_a.file.name == item.image_b.file.name]
-    study.identical_picks = len(same)
-    if same:
-        study.items.filter(pk__in=same).delete()
-        study.item_count = study.items.count()
-        if not study.item_count:
-            raise StudyError("n: raw and TextNorm chose the same image for every prompt; there is nothing to compare")
-        study.save(update_fields=["item_count"])
+    try:  # prompts where both picked the same image are left out by the pairwise study itself
+        study = study_create_pairwise(name=name, dataset=dataset, checkpoints=picks, pairing="matched",
+                                      created_by=created_by, **fields)
+    except NothingToCompare:
+        raise StudyError("n: raw and TextNorm chose the same image for every prompt; there is nothing to compare") \
+            from None
+    study.identical_picks = study.identical_pairs
     return study

@@ -1,5 +1,6 @@
 """The researcher's model pages: jobs (progress, retry, cancel), a checkpoint's gallery with raw
 and TextNorm scores, the image view, and reward models against TIA2's human labels (cached)."""
+import hashlib
 import re
 import uuid
 
@@ -33,9 +34,9 @@ def _checkpoint_with_images(*, prompts=2, per_prompt=2, categories=("counting",)
         prompt = Prompt.objects.create(dataset=dataset, text=f"{p + 1} cups", source_index=p,
                                        category=categories[p % len(categories)])
         for i in range(per_prompt):
-            Image.objects.create(prompt=prompt, checkpoint=checkpoint, seed=0, index=i,
-                                 file=f"generated/{checkpoint.id}/{prompt.id}_0_{i}.jpg", sha256="0" * 64,
-                                 size_bytes=1)
+            file = f"generated/{checkpoint.id}/{prompt.id}_0_{i}.jpg"
+            Image.objects.create(prompt=prompt, checkpoint=checkpoint, seed=0, index=i, file=file,
+                                 sha256=hashlib.sha256(file.encode()).hexdigest(), size_bytes=1)
     return checkpoint
 
 

@@ -15,6 +15,24 @@ from tests.factories import make_images
 pytestmark = pytest.mark.django_db
 
 
+def test_pairs_that_show_one_picture_twice_are_left_out():
+    """Two checkpoints that made the same image (best-of-n picks that agree, a copy): the pair
+    asks for nothing and would only add ties."""
+    dataset, checkpoints = make_images(prompts=4, per_prompt=2)
+    twin = Image.objects.get(checkpoint=checkpoints[0], prompt__source_index=0, index=0)
+    Image.objects.filter(checkpoint=checkpoints[1], prompt__source_index=0, index=0).update(sha256=twin.sha256)
+    Image.objects.filter(checkpoint=checkpoints[1], prompt__source_index=1, index=1).update(
+        file=Image.objects.get(checkpoint=checkpoints[0], prompt__source_index=1, index=1).file.name)
+    study = study_create_pairwise(name="s", dataset=dataset, checkpoints=checkpoints, pairing="matched")
+    assert study.items.count() == study.item_count == 8 - 2 and study.identical_pairs == 2
+    assert all(item.image_a.sha256 != item.image_b.sha256 and item.image_a.file != item.image_b.file
+               for item in study.items.select_related("image_a", "image_b"))
+    Image.objects.filter(checkpoint=checkpoints[1]).update(sha256=twin.sha256)
+    Image.objects.filter(checkpoint=checkpoints[0]).update(sha256=twin.sha256)
+    with pytest.raises(StudyError, match="same picture twice"):
+        study_create_pairwise(name="t", dataset=dataset, checkpoints=checkpoints, pairing="random")
+
+
 def test_matched_pairs_share_seed_and_index_and_sides_are_mixed():
     dataset, checkpoints = make_images(prompts=10, per_prompt=3)
     study = study_create_pairwise(name="s", dataset=dataset, checkpoints=checkpoints, pairing="matched")

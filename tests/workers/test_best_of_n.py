@@ -45,9 +45,13 @@ def test_best_of_n_raw_and_textnorm_make_a_pairwise_study(scored):
     # Idempotent: same parameters, same checkpoint, nothing added.
     assert best_of_n_create(parent=parent, reward_model=rm, n=3, variant="raw") == raw
     assert Image.objects.filter(checkpoint=raw).count() == 3
+    agree = sum(Image.objects.filter(checkpoint=raw, prompt=image.prompt, file=image.file.name).exists()
+                for image in Image.objects.filter(checkpoint=tn))
+    assert agree < 3, "the fixture's raw and TextNorm picks must differ somewhere"
     study = study_create_pairwise(name="raw vs textnorm", dataset=ds, checkpoints=[raw, tn])
     items = StudyItem.objects.filter(study=study)
-    assert items.count() == 3
+    # A prompt where both picked the same image is left out: it would ask for nothing.
+    assert items.count() == 3 - agree and study.identical_pairs == agree
     for item in items:
         assert {item.image_a.checkpoint_id, item.image_b.checkpoint_id} == {raw.id, tn.id}
         assert item.image_a.prompt_id == item.image_b.prompt_id
