@@ -47,3 +47,39 @@ def test_seed_demo_makes_accounts_images_and_open_studies_once(client):
     # Each study's instructions fit its task: a tie is for two images, never for one.
     assert "tie" in pairwise.instructions and "tie" not in rating.instructions
     assert "yes" in rating.instructions
+
+
+def test_sigterm_stops_the_demo_and_its_worker(monkeypatch):
+    """`docker stop` or a supervisor sends SIGTERM: the worker the demo started goes too."""
+    import os
+    import signal
+
+    from annotate.management.commands import demo
+
+    class Worker:
+        stopped = False
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def terminate(self):
+            Worker.stopped = True
+
+        def wait(self, timeout=None):
+            return 0
+
+    def serve(name, *args, **kwargs):
+        if name == "runserver":
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered while "serving"
+            raise AssertionError("SIGTERM did not stop the demo")
+
+    monkeypatch.setattr(demo.subprocess, "Popen", Worker)
+    monkeypatch.setattr(demo, "call_command", serve)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            demo.Command().handle(addrport="127.0.0.1:0", backend="procedural")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert stopped.value.code == 128 + signal.SIGTERM and Worker.stopped
