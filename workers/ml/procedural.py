@@ -73,7 +73,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, 
 
 def render(prompt: str, *, seed: int, size: tuple[int, int] = (256, 256), error_rate: float = 0.0,
            salt: str = "") -> Rendered:
-    """Draw ``prompt`` deterministically from ``seed``. Whether it is drawn wrong is drawn from
+    """Draw ``prompt`` deterministically from ``seed`` (and ``salt``). Whether it is drawn wrong is drawn from
     the seed, the prompt and ``salt`` (the checkpoint's), so that a checkpoint's mistakes fall on
     ``error_rate`` of its images whatever the number of seeds, independently of another
     checkpoint's. A failure raises RuntimeError naming the
@@ -84,13 +84,17 @@ def render(prompt: str, *, seed: int, size: tuple[int, int] = (256, 256), error_
         raise RuntimeError(f"procedural render of {prompt!r} (seed {seed}): {type(exc).__name__}: {exc}") from exc
 
 
+def _word(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
 def _wrong(prompt: str, seed: int, salt: str, error_rate: float) -> bool:
-    words = [int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") for text in (prompt, salt)]
-    return bool(np.random.default_rng([int(seed), *words]).random() < error_rate)
+    return bool(np.random.default_rng([int(seed), _word(prompt), _word(salt)]).random() < error_rate)
 
 
 def _render(prompt: str, *, seed: int, size: tuple[int, int], error_rate: float, salt: str) -> Rendered:
-    rng = np.random.default_rng(seed)
+    # Two checkpoints draw the same seed differently, as two models would: never the same picture.
+    rng = np.random.default_rng([int(seed), _word(salt)] if salt else seed)
     width, height = size
     background = tuple(int(v) for v in rng.integers(225, 256, size=3))
     image = Image.new("RGB", size, background)
