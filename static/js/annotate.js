@@ -10,10 +10,17 @@
   const scale = root.dataset.scale;
   const pendingKey = "calibra-pending-" + root.dataset.study;
   const $ = (id) => document.getElementById(id);
+  const stacked = window.matchMedia("(max-width: 640px)");  // the two images one above the other
   let current = null;
   const queue = [];
   let shownAt = 0;
+  let position = null;  // the number of the item on screen in the annotator's share, for the announcement
+  // Set once the server refuses this annotator, not one answer: "signed-out" (401, or 403 other
+  // than a pause: the session ended) or "paused" (403 paused by the researcher or the accuracy
+  // check). From then on no answer is taken, and nothing pending is dropped.
+  let stopped = null;
   let chain = Promise.resolve();
+  let advancing = Promise.resolve();  // the move to the next item after an answer
   let filling = null;
   // Leases run beside the answers and carry a count from before the latest answer was stored:
   // once an answer's response has set the progress, only answers (and undo) may change it.
@@ -48,7 +55,37 @@
     return new Promise((ok) => setTimeout(ok, ms * (1 + Math.random() / 4)));
   }
 
-  function say(text) { $("status").textContent = text; }
+  // "info" for news (a retry, an undo), "error" only for what went wrong; the same polite live region.
+  function say(text, tone) {
+    const status = $("status");
+    status.textContent = text;
+    status.className = "status" + (text ? " " + (tone || "info") : "");
+  }
+
+  // A refusal of the annotator rather than of one answer: keep the answers, stop, and say why.
+  function refusal(r) {
+    if (r.status === 401) return "signed-out";
+    if (r.status === 403) return r.data && r.data.error === "paused" ? "paused" : "signed-out";
+    return null;
+  }
+
+  function stop(why, detail) {
+    if (stopped) return;
+    stopped = why;
+    current = null;
+    queue.length = 0;
+    const task = $("task");
+    const hadFocus = task.contains(document.activeElement);
+    task.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    task.hidden = true;
+    $("done").hidden = true;
+    say("");
+    const notice = $(why === "paused" ? "paused" : "signed-out");
+    if (why === "paused") $("paused-reason").textContent = detail ? "Reason given: " + detail : "";
+    notice.hidden = false;
+    const heading = notice.querySelector("h2");
+    if (hadFocus || document.activeElement === document.body) heading.focus({ preventScroll: false });
+  }
 
   function pending() {
     try { return JSON.parse(localStorage.getItem(pendingKey) || "[]"); } catch (e) { return []; }
@@ -58,6 +95,7 @@
   // Send one answer until the server has it; the same client_id makes resending safe.
   async function deliver(entry) {
     for (let attempt = 0; ; attempt++) {
+      if (stopped) return { status: 0 };  // kept in the browser, sent on the next visit
       let r;
       try { r = await call(entry.path, entry.body); } catch (e) { r = { status: 0 }; }
       if (r.status === 200 || r.status === 201) {
@@ -65,12 +103,14 @@
         if (r.data && r.data.progress) { progressFromAnswers = true; progress(r.data.progress); }
         return r;
       }
-      if (!retryable(r.status)) {
+      const why = refusal(r);
+      if (why) { stop(why, r.data && r.data.detail); return r; }
+      if (!retryable(r.status)) {  // this answer only, e.g. 409 when the item's lease has expired
         setPending(pending().filter((p) => p.body.client_id !== entry.body.client_id));
-        say((r.data && r.data.detail) || "That answer was not accepted.");
+        say("That answer was not accepted: " + ((r.data && r.data.detail) || "error " + r.status) + ".", "error");
         return r;
       }
-      say("Connection problem: your answer is kept and will be sent again.");
+      say("Connection problem: your answer is kept and will be sent again.", "info");
       await backoff(r, attempt);
     }
   }
@@ -99,80 +139,131 @@
       let r;
       try { r = await call("next/", { exclude: exclude }); } catch (e) { r = { status: 0 }; }
       if (r.status === 200) { if (attempt) say(""); return r.data; }
+      const why = refusal(r);
+      if (why) { stop(why, r.data && r.data.detail); throw new Error(why); }
       if (!retryable(r.status) || attempt >= 20) {
-        throw new Error((r.data && r.data.detail) || "Could not get the next item (" + r.status + ").");
+        throw new Error((r.data && r.data.detail) || "error " + r.status);
       }
-      say("Connection problem: asking for the next item again.");
+      say("Connection problem: asking for the next item again.", "info");
       await backoff(r, attempt);
     }
   }
 
   function fill() {
-    if (filling || queue.length || !current || current.done) return;
+    if (stopped || filling || queue.length || !current || current.done) return;
     filling = lease(held())
-      .then((next) => { if (!next.done) { queue.push(next); preload(next); } })
+      .then((next) => { if (!next.done && !stopped) { queue.push(next); preload(next); } })
       .catch(() => {})
       .finally(() => { filling = null; });
   }
 
+  function sideName(slot) {
+    if (slot === "single") return "Image";
+    if (stacked.matches) return slot === "left" ? "Top image" : "Bottom image";
+    return slot === "left" ? "Left image" : "Right image";
+  }
+  function altTexts() {
+    if (!current || current.done) return;
+    current.images.forEach((im) => { $("img-" + im.slot).alt = sideName(im.slot) + " for: " + current.prompt; });
+  }
+  if (stacked.addEventListener) stacked.addEventListener("change", altTexts);
+
+  // A new item never inherits a pressed button: focus goes to its description (read out by a
+  // screen reader, and Enter or Space there answers nothing), and the live region names it.
+  function announce(item) {
+    if (position === null) position = Number($("progress").value) + 1;
+    $("announce").textContent = "Item " + position + ": " + item.prompt;
+    focusOn($("prompt"));
+  }
+  function focusOn(element) {
+    const active = document.activeElement;
+    if (!active || active === document.body || $("task").contains(active)) element.focus({ preventScroll: true });
+  }
+
   function show(item) {
+    if (stopped) return;
     current = item;
     if (item.done) {
       $("task").hidden = true;
       $("done").hidden = false;
-      $("completion-code").textContent = item.completion_code;
+      $("completion-code").textContent = item.completion_code || "";
+      $("completion").hidden = !item.completion_code;  // none when there was nothing left to do
+      $("no-items").hidden = !!item.completion_code;
       if (item.progress && !progressFromAnswers) progress(item.progress);
+      $("announce").textContent = "You are done.";
+      focusOn($("done-h"));
       return;
     }
     item.client_id = item.client_id || crypto.randomUUID();
     $("done").hidden = true;
     $("task").hidden = false;
     $("prompt").textContent = item.prompt;
-    item.images.forEach((im) => {
-      const img = $("img-" + im.slot);
-      img.src = im.url;
-      img.alt = (im.slot === "single" ? "Image" : im.slot === "left" ? "Left image" : "Right image") +
-        " for: " + item.prompt;
-    });
+    item.images.forEach((im) => { $("img-" + im.slot).src = im.url; });
+    altTexts();
     if (item.progress && !progressFromAnswers) progress(item.progress);
     shownAt = performance.now();
+    announce(item);
     fill();
   }
 
   async function advance() {
+    if (stopped) return;
     if (queue.length) { show(queue.shift()); return; }
     if (filling) await filling;
     if (queue.length) { show(queue.shift()); return; }
     try { show(await lease(held())); }
-    catch (e) { say(e.message); }
+    catch (e) {
+      if (stopped) return;
+      // Nothing to show: the answered item must not stay on screen taking answers.
+      current = null;
+      $("task").hidden = true;
+      say("Could not get the next item (" + e.message + "). Reload the page to try again.", "error");
+    }
   }
 
+  // Each item is answered once: until the next one is shown, current is empty.
   function answer(choice, extra) {
-    if (!current || current.done) return;
+    if (stopped || !current || current.done) return;
     const body = Object.assign({ item: current.item, client_id: current.client_id, choice: choice,
       time_spent_ms: Math.round(performance.now() - shownAt) }, extra || {});
     remember(current.item);
+    current = null;
+    if (position !== null) position += 1;
     send("submit/", body);
     say("");
-    advance();
+    advancing = advance();
   }
 
   function skip(reason) {
-    if (!current || current.done) return;
+    if (stopped || !current || current.done) return;
     remember(current.item);
-    send("skip/", { item: current.item, client_id: current.client_id, reason: reason });
-    advance();
+    const body = { item: current.item, client_id: current.client_id, reason: reason };
+    current = null;
+    if (position !== null) position += 1;
+    send("skip/", body);
+    advancing = advance();
   }
 
   async function undo() {
+    if (stopped) return;
     await chain;  // the last answer must have reached the server before it can be taken back
-    const r = await call("undo/", {});
-    if (r.status !== 200) { say((r.data && r.data.detail) || "Nothing to undo."); return; }
+    await advancing;  // and the next item be on screen, to be held back while the last one is shown
+    if (stopped) return;
+    let r;
+    try { r = await call("undo/", {}); } catch (e) { r = { status: 0 }; }
+    const why = refusal(r);
+    if (why) { stop(why, r.data && r.data.detail); return; }
+    if (r.status !== 200) {
+      say(r.status === 0 ? "Connection problem: nothing was taken back." : (r.data && r.data.detail) || "Nothing to undo.",
+        r.status === 0 ? "error" : "info");
+      return;
+    }
     if (current && !current.done) queue.unshift(current);
     const i = answered.indexOf(r.data.item);
     if (i >= 0) answered.splice(i, 1);
-    say("Your last answer was taken back.");
+    say("Your last answer was taken back.", "info");
     if (r.data.progress) progress(r.data.progress);
+    position = r.data.progress ? r.data.progress.answered + r.data.progress.skipped + 1 : Math.max(1, position - 1);
     show(r.data);
   }
 
@@ -180,6 +271,7 @@
     const button = event.target.closest("button");
     if (!button) return;
     if (button.id === "undo") { undo(); return; }
+    if (button.dataset.skip || button.dataset.choice) button.blur();  // the next item is not answered by Enter
     if (button.dataset.skip) { skip(button.dataset.skip); return; }
     if (button.dataset.choice) {
       const extra = {};
@@ -189,18 +281,35 @@
     }
   });
 
+  // No arrow key that scrolls the page (up, down) answers anything.
   const keys = kind === "pairwise"
     ? { "1": ["left"], ArrowLeft: ["left"], "2": ["right"], ArrowRight: ["right"], "0": ["tie"],
-        ArrowDown: ["tie"], g: ["tie", { reason: "both_good" }], b: ["tie", { reason: "both_bad" }] }
+        g: ["tie", { reason: "both_good" }], b: ["tie", { reason: "both_bad" }] }
     : scale === "likert5"
       ? { "1": ["score", { score: 1 }], "2": ["score", { score: 2 }], "3": ["score", { score: 3 }],
           "4": ["score", { score: 4 }], "5": ["score", { score: 5 }] }
       : { y: ["aligned"], n: ["not_aligned"] };
 
+  function typing(target) {
+    return !!(target && (target.isContentEditable ||
+      (target.closest && target.closest("input, textarea, select, [contenteditable]:not([contenteditable=false])"))));
+  }
+
+  // Enter or Space on an answer button just after a new item appeared was meant for the old one.
   document.addEventListener("keydown", (event) => {
-    if (event.altKey || event.ctrlKey || event.metaKey || event.repeat) return;
-    if (event.target.closest && event.target.closest("input, textarea, select, summary")) return;
+    if (event.key !== "Enter" && event.key !== " ") return;
+    const button = event.target.closest && event.target.closest("button[data-choice], button[data-skip]");
+    if (button && (performance.now() - shownAt < 300 || !current)) {
+      event.preventDefault();
+      event.stopPropagation();
+    }
+  }, true);
+
+  document.addEventListener("keydown", (event) => {
+    if (event.altKey || event.ctrlKey || event.metaKey || event.repeat || event.defaultPrevented) return;
+    if (typing(event.target)) return;  // a focused summary or button still gets the shortcuts
     const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+    if (stopped) return;
     if (key === "u") { event.preventDefault(); undo(); return; }
     if (key === "s") { event.preventDefault(); skip("unsure"); return; }
     const action = keys[key];

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 PAIRWISE = "Demo: which image matches?"
 RATING = "Demo: does it match?"
 TIMEOUT_MS = 10_000
-ITEM_URL = re.compile(r"/annotate/[0-9a-f-]{36}/items/([0-9a-f-]{36})/(left|right|single)\.jpg$")
+ITEM_URL = re.compile(r"/annotate/[0-9a-f-]{36}/items/([0-9a-f-]{36})/(left|right|single)\.jpg\?v=[0-9a-f]+$")
 
 
 class Seen:
