@@ -10,7 +10,7 @@ import uuid
 from django.conf import settings
 from django.http import Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import permissions, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.pagination import CursorPagination
@@ -42,6 +42,42 @@ def error_response(exc: Exception) -> Response:
 
 # --- researchers -------------------------------------------------------------------------
 
+@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string"}],
+                      "description": "the object's id, or its exact name"})
+class NameOrIdField(serializers.PrimaryKeyRelatedField):
+    """An object by its id (a number, or digits in a string: as before) or by its unique
+    ``name`` (a string), since the list responses show names. An unknown name is a 400 that
+    names the field and the value. A string that is the name of one object and the id of
+    another is refused as ambiguous (give the id as a number); so is a name shared by several
+    objects, should the model ever allow that."""
+
+    default_error_messages = {
+        "no_such_name": 'No {what} named "{name}" (give its id or its exact name).',
+        "ambiguous_name": '"{name}" is the name of more than one {what}; give the id.',
+        "ambiguous_digits": '"{name}" is the name of {what} {named_id} and the id of {what} {other_id}; '
+                            "give the id as a number.",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            return super().to_internal_value(data)  # ids exactly as before
+        queryset = self.get_queryset()
+        what = queryset.model._meta.verbose_name
+        named = [] if "\x00" in data else list(queryset.filter(name=data)[:2])
+        if len(named) > 1:
+            self.fail("ambiguous_name", what=what, name=data)
+        by_id = queryset.filter(pk=int(data)).first() if data.isascii() and data.isdigit() else None
+        if named and by_id is not None and by_id.pk != named[0].pk:
+            self.fail("ambiguous_digits", what=what, name=data, named_id=named[0].pk, other_id=by_id.pk)
+        if named:
+            return named[0]
+        if by_id is not None:
+            return by_id
+        if data.isascii() and data.isdigit():
+            self.fail("does_not_exist", pk_value=data)
+        self.fail("no_such_name", what=what, name=data[:200])
+
+
 class StudyOutput(serializers.ModelSerializer):
     checkpoints = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
     items = serializers.IntegerField(source="item_count", read_only=True)
@@ -57,8 +93,8 @@ class StudyOutput(serializers.ModelSerializer):
 class StudyCreateInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     kind = serializers.ChoiceField(choices=Study.Kind.choices)
-    dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
-    checkpoints = serializers.PrimaryKeyRelatedField(queryset=Checkpoint.objects.all(), many=True, required=False)
+    dataset = NameOrIdField(queryset=Dataset.objects.all())
+    checkpoints = NameOrIdField(queryset=Checkpoint.objects.all(), many=True, required=False)
     pairing = serializers.ChoiceField(choices=["matched", "random"], default="matched")
     rating_scale = serializers.ChoiceField(choices=Study.RatingScale.choices, default=Study.RatingScale.BINARY)
     instructions = serializers.CharField(allow_blank=True, default="")
@@ -599,3 +635,206 @@ class ReportDownloadApi(APIView):
         name = f"{slugify(report.study.name) or 'study'}-report-{report.pk}.{report.format}"
         return FileResponse(report.file.open("rb"), as_attachment=True, filename=name,
                             content_type=REPORT_CONTENT_TYPES[report.format])
+
+
+# --- look-ups and study actions (researchers) ------------------------------------------------
+# What a script needs to fill the POST bodies above (datasets and reward models by id or
+# name), and the dashboard's reopen and pause / resume, through the same services (which
+# record the same audit events).
+
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery  # noqa: E402
+from django.db.models.functions import Coalesce  # noqa: E402
+
+from annotate.models import ContrastivePromptSet, Image, Prompt, RewardModel  # noqa: E402
+
+
+def _count_of(queryset, group: str):
+    """The number of ``queryset``'s rows per outer row, as a subquery (0 when none)."""
+    rows = queryset.order_by().values(group).annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(rows, output_field=IntegerField()), 0)
+
+
+def datasets_with_counts():
+    """Every dataset with its numbers of prompts and images: one query, whatever their number."""
+    images = Image.objects.filter(prompt__dataset=OuterRef("pk"))
+    return Dataset.objects.annotate(
+        prompt_count=_count_of(Prompt.objects.filter(dataset=OuterRef("pk")), "dataset"),
+        image_count=_count_of(images, "prompt__dataset"),
+        image_file_count=_count_of(images.exclude(file=""), "prompt__dataset"),
+    ).order_by("name")
+
+
+def prompt_sets_by_dataset() -> dict[int, list[dict]]:
+    """The contrastive prompt sets (TextNorm's) there are, per dataset: source, version and how
+    many of its prompts have one. One query for all datasets."""
+    rows = (ContrastivePromptSet.objects.order_by().values("prompt__dataset_id", "source", "version")
+            .annotate(prompts=Count("prompt_id", distinct=True)).order_by("prompt__dataset_id", "source", "version"))
+    out: dict[int, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["prompt__dataset_id"], []).append(
+            {"source": row["source"], "version": row["version"], "prompts": row["prompts"]})
+    return out
+
+
+class DatasetPromptSetOutput(serializers.Serializer):
+    # Plain strings in the schema: an enum here would collide with the other "source" enums.
+    source = serializers.CharField(help_text="one of " + ", ".join(ContrastivePromptSet.Source.values))
+    version = serializers.CharField()
+    prompts = serializers.IntegerField(help_text="prompts of the dataset that have a set of this source and version")
+
+
+class DatasetOutput(serializers.ModelSerializer):
+    prompts = serializers.IntegerField(source="prompt_count", read_only=True)
+    images = serializers.IntegerField(source="image_count", read_only=True,
+                                      help_text="every image of its prompts, generated or imported")
+    images_with_files = serializers.IntegerField(source="image_file_count", read_only=True,
+                                                 help_text="those whose pixels are stored (what studies use)")
+    prompt_sets = serializers.SerializerMethodField(help_text="TextNorm's contrastive prompt sets, for "
+                                                    "a scoring job's prompt_set_source and prompt_set_version")
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "source", "category", "description", "prompts", "images", "images_with_files",
+                  "prompt_sets", "created_at"]
+
+    @extend_schema_field(DatasetPromptSetOutput(many=True))
+    def get_prompt_sets(self, dataset) -> list:
+        return self.context.get("prompt_sets", {}).get(dataset.pk, [])
+
+
+class DatasetListApi(APIView):
+    """Every dataset, by name, with its counts: the ids (or names) that studies, jobs and uploads take."""
+
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=DatasetOutput(many=True))
+    def get(self, request):
+        return Response(DatasetOutput(datasets_with_counts(), many=True,
+                                      context={"prompt_sets": prompt_sets_by_dataset()}).data)
+
+
+class RewardModelOutput(serializers.ModelSerializer):
+    # A plain string in the schema: an enum here would collide with the studies' "kind" enum.
+    kind = serializers.CharField(read_only=True, help_text="the architecture: one of "
+                                 + ", ".join(RewardModel.Kind.values))
+    kind_label = serializers.CharField(source="get_kind_display", read_only=True)
+
+    class Meta:
+        model = RewardModel
+        fields = ["id", "name", "kind", "kind_label", "location", "config", "fingerprint", "created_at"]
+
+
+class RewardModelListApi(APIView):
+    """Every reward model, by name: the ids (or names) that scoring jobs take."""
+
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=RewardModelOutput(many=True))
+    def get(self, request):
+        return Response(RewardModelOutput(RewardModel.objects.order_by("name"), many=True).data)
+
+
+class StudyReopenApi(APIView):
+    """Open a closed study again (as the dashboard's reopen); an open one is left as it is."""
+
+    permission_classes = [IsResearcher]
+
+    @extend_schema(request=None, responses=StudyOutput)
+    def post(self, request, study_id: int):
+        try:
+            study = studies.study_reopen(study=get_object_or_404(Study, pk=study_id))
+        except studies.StudyError as exc:
+            return error_response(exc)
+        return Response(StudyOutput(study).data)
+
+
+class StudyMemberOutput(serializers.ModelSerializer):
+    username = serializers.CharField(source="annotator.username", read_only=True)
+    answered = serializers.IntegerField(source="answered_count", read_only=True)
+    skipped = serializers.IntegerField(source="skipped_count", read_only=True)
+
+    class Meta:
+        model = StudyMembership
+        fields = ["id", "username", "is_paused", "paused_reason", "answered", "skipped", "gold_answered",
+                  "gold_correct", "external_worker_id", "joined_at", "completed_at"]
+
+
+class StudyMembersListAddApi(StudyMembersApi):
+    """A study's members (GET: who is paused, and why), or add some (POST, as before)."""
+
+    @extend_schema(responses=StudyMemberOutput(many=True))
+    def get(self, request, study_id: int):
+        study = get_object_or_404(Study, pk=study_id)
+        return Response(StudyMemberOutput(study.memberships.select_related("annotator").order_by("pk"),
+                                          many=True).data)
+
+
+def study_member(study: Study, member: str) -> StudyMembership:
+    """A member of ``study`` by membership id or by username; 404 when none. ValueError when the
+    text is the id of one membership and the username of another member."""
+    if "\x00" in member:  # no username has one (and PostgreSQL refuses it in a query)
+        raise Http404("no such member")
+    match = Q(annotator__username=member)
+    if member.isascii() and member.isdigit() and len(member) <= 18:
+        match |= Q(pk=int(member))
+    found = list(StudyMembership.objects.filter(match, study=study).select_related("annotator", "study")[:2])
+    if not found:
+        raise Http404(f"{member!r} is neither a membership id nor the username of a member of this study")
+    if len(found) > 1:
+        raise ValueError(f"{member!r} is the id of one membership and the username of another member; "
+                         "give the membership id of the one you mean")
+    return found[0]
+
+
+class _StudyMemberActionApi(APIView):
+    permission_classes = [IsResearcher]
+
+    def _member(self, study_id: int, member: str):
+        study = get_object_or_404(Study, pk=study_id)
+        try:
+            return study_member(study, member), None
+        except ValueError as exc:
+            return None, Response({"member": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+
+
+class StudyMemberPauseApi(_StudyMemberActionApi):
+    """Pause a member (as the dashboard does): no new items or answers in this study, and the
+    items they hold go back to the queue now. ``member``: the membership id or the username."""
+
+    class Input(serializers.Serializer):
+        """The body of StudyMemberPauseApi (its own component in the schema)."""
+
+        class Meta:
+            ref_name = "StudyMemberPauseInput"
+
+        reason = serializers.CharField(required=False, allow_blank=True, default="",
+                                       max_length=studies.PAUSED_REASON_MAX)
+
+    @extend_schema(request=Input, responses=StudyMemberOutput)
+    def post(self, request, study_id: int, member: str):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership, refused = self._member(study_id, member)
+        if refused is not None:
+            return refused
+        try:
+            membership = studies.membership_pause(membership=membership, reason=data.validated_data["reason"])
+        except studies.StudyError as exc:
+            return error_response(exc)
+        return Response(StudyMemberOutput(membership).data)
+
+
+class StudyMemberResumeApi(_StudyMemberActionApi):
+    """Let a paused member get items again (as the dashboard does). ``member``: the membership
+    id or the username."""
+
+    @extend_schema(request=None, responses=StudyMemberOutput)
+    def post(self, request, study_id: int, member: str):
+        membership, refused = self._member(study_id, member)
+        if refused is not None:
+            return refused
+        try:
+            membership = studies.membership_resume(membership=membership)
+        except studies.StudyError as exc:
+            return error_response(exc)
+        return Response(StudyMemberOutput(membership).data)

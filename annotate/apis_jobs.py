@@ -6,7 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotate.apis import IsResearcher, error_response
+from annotate.apis import IsResearcher, NameOrIdField, error_response
 from annotate.audit import audit
 from annotate.models import Checkpoint, Dataset, GenerationJob, RewardModel, RewardScore, ScoringJob
 from annotate.services import jobs
@@ -65,8 +65,8 @@ class GenerationJobOutput(serializers.ModelSerializer):
 
 
 class GenerationJobInput(serializers.Serializer):
-    checkpoint = serializers.PrimaryKeyRelatedField(queryset=Checkpoint.objects.all())
-    dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
+    checkpoint = NameOrIdField(queryset=Checkpoint.objects.all())
+    dataset = NameOrIdField(queryset=Dataset.objects.all())
     seeds = serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=2**63 - 1), min_length=1,
                                   max_length=10_000)
     images_per_seed = serializers.IntegerField(min_value=1, max_value=64, default=1)
@@ -122,10 +122,9 @@ class ScoringJobOutput(serializers.ModelSerializer):
 
 
 class ScoringJobInput(serializers.Serializer):
-    reward_model = serializers.PrimaryKeyRelatedField(queryset=RewardModel.objects.all())
-    dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all(), required=False, allow_null=True)
-    checkpoint = serializers.PrimaryKeyRelatedField(queryset=Checkpoint.objects.all(), required=False,
-                                                    allow_null=True)
+    reward_model = NameOrIdField(queryset=RewardModel.objects.all())
+    dataset = NameOrIdField(queryset=Dataset.objects.all(), required=False, allow_null=True)
+    checkpoint = NameOrIdField(queryset=Checkpoint.objects.all(), required=False, allow_null=True)
     generation_job = serializers.PrimaryKeyRelatedField(queryset=GenerationJob.objects.all(), required=False,
                                                         allow_null=True)
     variants = serializers.ListField(child=serializers.ChoiceField(choices=RewardScore.Variant.choices),

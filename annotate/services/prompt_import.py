@@ -38,6 +38,10 @@ class PromptImportError(ValueError):
     """Bad input. The message names the file, and the line and column where there is one."""
 
 
+class DatasetMissing(PromptImportError):
+    """No dataset of the name given, and creating one was not allowed."""
+
+
 @dataclass(frozen=True)
 class PromptRow:
     line: int
@@ -174,10 +178,11 @@ def prompts_import(*, dataset: Dataset, rows: list[PromptRow], name: str) -> Pro
 
 
 def prompts_csv_import(*, data: bytes, name: str, dataset: Dataset | None = None,
-                       dataset_name: str | None = None) -> PromptImportResult:
+                       dataset_name: str | None = None, create: bool = True) -> PromptImportResult:
     """Parse and import a prompts CSV file into ``dataset``, or into the dataset called
-    ``dataset_name`` (created, as a custom dataset, when there is none yet). PromptImportError
-    and nothing written on bad input, the new dataset included."""
+    ``dataset_name`` (created, as a custom dataset, when there is none yet; refused when
+    ``create`` is false). PromptImportError and nothing written on bad input, the new dataset
+    included."""
     rows = prompts_csv_parse(data, name=name)
     try:
         with transaction.atomic():
@@ -186,7 +191,13 @@ def prompts_csv_import(*, data: bytes, name: str, dataset: Dataset | None = None
                 dataset_name = (dataset_name or "").strip()
                 if not dataset_name or len(dataset_name) > Dataset._meta.get_field("name").max_length:
                     raise PromptImportError(f"dataset name {dataset_name!r} must be 1 to 200 characters")
-                dataset, created = Dataset.objects.get_or_create(name=dataset_name)
+                if create:
+                    dataset, created = Dataset.objects.get_or_create(name=dataset_name)
+                else:
+                    dataset = Dataset.objects.filter(name=dataset_name).first()
+                    if dataset is None:
+                        raise DatasetMissing(f"there is no dataset named {dataset_name!r}, and creating "
+                                             "one was not allowed")
             result = prompts_import(dataset=dataset, rows=rows, name=name)
     except IntegrityError:  # another import added prompts meanwhile
         raise PromptImportError(f"{name}: the dataset changed during the import; nothing was written, "

@@ -215,17 +215,64 @@ def import_prompts(*args) -> str:
 
 def test_the_command_creates_the_dataset_and_a_second_run_adds_nothing(tmp_path):
     path = csv_file(tmp_path, GOOD_CSV)
-    assert "created dataset 'mine'; 3 prompts added" in import_prompts("mine", path)
+    out = import_prompts("mine", path)
+    mine = Dataset.objects.get(name="mine")
+    assert f"CREATED a new dataset named 'mine' (id {mine.pk})" in out and "3 prompts added, 0 already there" in out
     rows = list(Prompt.objects.order_by("source_index").values_list("text", "category", "source_index"))
     assert rows == [("a red cube", "colour", 0), ("two cats, one dog", "counting", 1), ("three cups", "", 2)]
     before = db_state()
-    assert "0 prompts added, 3 already there" in import_prompts("mine", path)
+    again = import_prompts("mine", path)
+    assert "0 prompts added, 3 already there" in again and "CREATED" not in again
     assert db_state() == before
     # New rows are added after the ones already there, without source_index given or with.
     csv_file(tmp_path, GOOD_CSV + "four cups,,\nfive cups,,9\n")
     import_prompts("mine", path)
     assert dict(Prompt.objects.values_list("text", "source_index"))["four cups"] == 10
     assert Prompt.objects.count() == 5
+
+
+def test_digits_name_a_dataset_by_id_only_when_no_dataset_has_them_as_its_name(tmp_path):
+    by_name = Dataset.objects.create(name="by name")
+    out = import_prompts(by_name.pk, csv_file(tmp_path, GOOD_CSV))
+    assert f"using dataset id {by_name.pk} ('by name')" in out and "CREATED" not in out
+    assert by_name.prompts.count() == 3 and Dataset.objects.count() == 1
+    # A dataset called with those digits wins over the id.
+    digits = Dataset.objects.create(name=str(by_name.pk))
+    out = import_prompts(by_name.pk, csv_file(tmp_path, "text\nfour cups\n"))
+    assert "using dataset id" not in out and digits.prompts.count() == 1 and by_name.prompts.count() == 3
+    # Digits that are neither a name nor an id: a new dataset of that name, said plainly.
+    out = import_prompts(999_999, csv_file(tmp_path, "text\nfive cups\n"))
+    assert "CREATED a new dataset named '999999'" in out and "no dataset had that name or id" in out
+    assert Dataset.objects.get(name="999999").prompts.count() == 1
+
+
+def test_no_create_refuses_a_new_dataset_and_writes_nothing(tmp_path):
+    existing = Dataset.objects.create(name="existing")
+    before = db_state()
+    for ref, message in (("typo", "no dataset is named 'typo', and --no-create"),
+                         ("999999", "no dataset is named '999999' and none has that id")):
+        with pytest.raises(CommandError) as err:
+            import_prompts(ref, csv_file(tmp_path, GOOD_CSV), "--no-create")
+        assert message in str(err.value) and "Nothing was written" in str(err.value)
+    assert db_state() == before
+    # With a dataset that exists, by name or by id, --no-create changes nothing.
+    assert "3 prompts added" in import_prompts("existing", csv_file(tmp_path, GOOD_CSV), "--no-create")
+    assert "0 prompts added, 3 already there" in import_prompts(existing.pk, csv_file(tmp_path, GOOD_CSV),
+                                                                 "--no-create")
+    assert Dataset.objects.count() == 1
+
+
+def test_a_new_dataset_is_not_kept_when_its_import_fails(tmp_path, monkeypatch):
+    """The dataset is created in the import's transaction: an error while writing leaves neither."""
+    from annotate.services import prompt_import
+
+    def broken(*args, **kwargs):
+        raise prompt_import.PromptImportError("prompts.csv: disk full")
+
+    monkeypatch.setattr(prompt_import.Prompt.objects, "bulk_create", broken)
+    with pytest.raises(CommandError, match="disk full"):
+        import_prompts("brand new", csv_file(tmp_path, GOOD_CSV))
+    assert not Dataset.objects.exists() and not Prompt.objects.exists()
 
 
 BAD_CSV = {
