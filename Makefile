@@ -25,9 +25,10 @@ CHROMIUM ?= $(or $(CHROMIUM_PATH),/usr/bin/chromium)
 
 # The browser tests run in their own pytest process (tests/e2e/conftest.py says why). They need
 # Debian's chromium (apt-get install chromium); REQUIRE_E2E=1 (CI) makes its absence an error.
+# A hang is ended after 15 minutes (stacks dumped after 5), not at CI's limit.
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
-	@if [ -x "$(CHROMIUM)" ]; then HF_HUB_OFFLINE=1 $(PY) -m pytest tests/e2e -p no:cacheprovider; \
+	@if [ -x "$(CHROMIUM)" ]; then HF_HUB_OFFLINE=1 timeout -k 30 -s INT 900 $(PY) -m pytest tests/e2e -p no:cacheprovider -o faulthandler_timeout=300; \
 	elif [ -n "$(REQUIRE_E2E)" ]; then echo "no chromium at $(CHROMIUM): apt-get install chromium"; exit 1; \
 	else echo "browser tests not run: no chromium at $(CHROMIUM) (apt-get install chromium)"; fi
 
