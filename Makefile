@@ -25,10 +25,14 @@ CHROMIUM ?= $(or $(CHROMIUM_PATH),/usr/bin/chromium)
 
 # The browser tests run in their own pytest process (tests/e2e/conftest.py says why). They need
 # Debian's chromium (apt-get install chromium); REQUIRE_E2E=1 (CI) makes its absence an error.
-# A hang is ended after 15 minutes (stacks dumped after 5), not at CI's limit.
+# Each file gets its own process and browser; a hang is ended after 5 minutes (stacks dumped
+# after 3), not at CI's limit.
+E2E_FILES = $(sort $(wildcard tests/e2e/test_*.py))
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
-	@if [ -x "$(CHROMIUM)" ]; then HF_HUB_OFFLINE=1 timeout -k 30 -s INT 900 $(PY) -m pytest tests/e2e -p no:cacheprovider -o faulthandler_timeout=300; \
+	@if [ -x "$(CHROMIUM)" ]; then for f in $(E2E_FILES); do \
+	  HF_HUB_OFFLINE=1 timeout -k 30 -s INT 300 $(PY) -m pytest $$f -p no:cacheprovider -o faulthandler_timeout=180 || exit 1; \
+	done; \
 	elif [ -n "$(REQUIRE_E2E)" ]; then echo "no chromium at $(CHROMIUM): apt-get install chromium"; exit 1; \
 	else echo "browser tests not run: no chromium at $(CHROMIUM) (apt-get install chromium)"; fi
 
