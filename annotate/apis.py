@@ -165,6 +165,17 @@ class StudyCloseApi(APIView):
         return Response(StudyOutput(studies.study_close(study=get_object_or_404(Study, pk=study_id))).data)
 
 
+class StudyMemberOutput(serializers.ModelSerializer):
+    username = serializers.CharField(source="annotator.username", read_only=True)
+    answered = serializers.IntegerField(source="answered_count", read_only=True)
+    skipped = serializers.IntegerField(source="skipped_count", read_only=True)
+
+    class Meta:
+        model = StudyMembership
+        fields = ["id", "username", "is_paused", "paused_reason", "answered", "skipped", "gold_answered",
+                  "gold_correct", "external_worker_id", "joined_at", "completed_at"]
+
+
 class StudyMembersApi(APIView):
     permission_classes = [IsResearcher]
 
@@ -175,6 +186,13 @@ class StudyMembersApi(APIView):
             ref_name = "StudyMembersInput"
 
         usernames = serializers.ListField(child=serializers.CharField(max_length=150), min_length=1)
+
+    @extend_schema(responses=StudyMemberOutput(many=True))
+    def get(self, request, study_id: int):
+        """The study's members: who is paused, and why."""
+        study = get_object_or_404(Study, pk=study_id)
+        return Response(StudyMemberOutput(study.memberships.select_related("annotator").order_by("pk"),
+                                          many=True).data)
 
     @extend_schema(request=Input, responses=inline_serializer("MembersOutput", {"members": serializers.IntegerField()}))
     def post(self, request, study_id: int):
@@ -642,38 +660,9 @@ class ReportDownloadApi(APIView):
 # name), and the dashboard's reopen and pause / resume, through the same services (which
 # record the same audit events).
 
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery  # noqa: E402
-from django.db.models.functions import Coalesce  # noqa: E402
+from django.db.models import Q  # noqa: E402
 
-from annotate.models import ContrastivePromptSet, Image, Prompt, RewardModel  # noqa: E402
-
-
-def _count_of(queryset, group: str):
-    """The number of ``queryset``'s rows per outer row, as a subquery (0 when none)."""
-    rows = queryset.order_by().values(group).annotate(n=Count("pk")).values("n")
-    return Coalesce(Subquery(rows, output_field=IntegerField()), 0)
-
-
-def datasets_with_counts():
-    """Every dataset with its numbers of prompts and images: one query, whatever their number."""
-    images = Image.objects.filter(prompt__dataset=OuterRef("pk"))
-    return Dataset.objects.annotate(
-        prompt_count=_count_of(Prompt.objects.filter(dataset=OuterRef("pk")), "dataset"),
-        image_count=_count_of(images, "prompt__dataset"),
-        image_file_count=_count_of(images.exclude(file=""), "prompt__dataset"),
-    ).order_by("name")
-
-
-def prompt_sets_by_dataset() -> dict[int, list[dict]]:
-    """The contrastive prompt sets (TextNorm's) there are, per dataset: source, version and how
-    many of its prompts have one. One query for all datasets."""
-    rows = (ContrastivePromptSet.objects.order_by().values("prompt__dataset_id", "source", "version")
-            .annotate(prompts=Count("prompt_id", distinct=True)).order_by("prompt__dataset_id", "source", "version"))
-    out: dict[int, list[dict]] = {}
-    for row in rows:
-        out.setdefault(row["prompt__dataset_id"], []).append(
-            {"source": row["source"], "version": row["version"], "prompts": row["prompts"]})
-    return out
+from annotate.models import ContrastivePromptSet, RewardModel  # noqa: E402
 
 
 class DatasetPromptSetOutput(serializers.Serializer):
@@ -709,8 +698,8 @@ class DatasetListApi(APIView):
 
     @extend_schema(responses=DatasetOutput(many=True))
     def get(self, request):
-        return Response(DatasetOutput(datasets_with_counts(), many=True,
-                                      context={"prompt_sets": prompt_sets_by_dataset()}).data)
+        return Response(DatasetOutput(selectors.datasets_with_counts(), many=True,
+                                      context={"prompt_sets": selectors.prompt_sets_by_dataset()}).data)
 
 
 class RewardModelOutput(serializers.ModelSerializer):
@@ -746,27 +735,6 @@ class StudyReopenApi(APIView):
         except studies.StudyError as exc:
             return error_response(exc)
         return Response(StudyOutput(study).data)
-
-
-class StudyMemberOutput(serializers.ModelSerializer):
-    username = serializers.CharField(source="annotator.username", read_only=True)
-    answered = serializers.IntegerField(source="answered_count", read_only=True)
-    skipped = serializers.IntegerField(source="skipped_count", read_only=True)
-
-    class Meta:
-        model = StudyMembership
-        fields = ["id", "username", "is_paused", "paused_reason", "answered", "skipped", "gold_answered",
-                  "gold_correct", "external_worker_id", "joined_at", "completed_at"]
-
-
-class StudyMembersListAddApi(StudyMembersApi):
-    """A study's members (GET: who is paused, and why), or add some (POST, as before)."""
-
-    @extend_schema(responses=StudyMemberOutput(many=True))
-    def get(self, request, study_id: int):
-        study = get_object_or_404(Study, pk=study_id)
-        return Response(StudyMemberOutput(study.memberships.select_related("annotator").order_by("pk"),
-                                          many=True).data)
 
 
 def study_member(study: Study, member: str) -> StudyMembership:

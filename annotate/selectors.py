@@ -5,13 +5,45 @@ import hmac
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.urls import get_script_prefix, reverse
 
 from annotate.models import (
-    Assignment, Checkpoint, Dataset, GenerationJob, Image, Judgment, Prompt, Report, ScoringJob, Study, StudyItem,
-    StudyMembership,
+    Assignment, Checkpoint, ContrastivePromptSet, Dataset, GenerationJob, Image, Judgment, Prompt, Report, ScoringJob,
+    Study, StudyItem, StudyMembership,
 )
+
+
+def count_of(rows, fk: str) -> Coalesce:
+    """How many of ``rows`` (a model or a queryset) point at the outer row by ``fk``: a
+    correlated subquery, which the database evaluates for the rows read (one index range
+    each), with no join or GROUP BY over the whole table and no query per row."""
+    queryset = rows.objects.all() if isinstance(rows, type) else rows
+    counted = (queryset.filter(**{fk: OuterRef("pk")}).order_by().values(fk)
+               .annotate(n=Count("*")).values("n"))
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+def datasets_with_counts() -> QuerySet[Dataset]:
+    """Every dataset with its numbers of prompts and images: one query, whatever their number."""
+    return Dataset.objects.annotate(
+        prompt_count=count_of(Prompt, "dataset"),
+        image_count=count_of(Image, "prompt__dataset"),
+        image_file_count=count_of(Image.objects.exclude(file=""), "prompt__dataset"),
+    ).order_by("name")
+
+
+def prompt_sets_by_dataset() -> dict[int, list[dict]]:
+    """The contrastive prompt sets (TextNorm's) there are, per dataset: source, version and how
+    many of its prompts have one. One query for all datasets."""
+    rows = (ContrastivePromptSet.objects.order_by().values("prompt__dataset_id", "source", "version")
+            .annotate(prompts=Count("prompt_id", distinct=True)).order_by("prompt__dataset_id", "source", "version"))
+    out: dict[int, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["prompt__dataset_id"], []).append(
+            {"source": row["source"], "version": row["version"], "prompts": row["prompts"]})
+    return out
 
 
 def dataset_list_with_counts() -> QuerySet[Dataset]:

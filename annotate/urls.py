@@ -13,7 +13,7 @@ api = [
     path("api/studies/<int:study_id>/open/", apis.StudyOpenApi.as_view(), name="api-study-open"),
     path("api/studies/<int:study_id>/close/", apis.StudyCloseApi.as_view(), name="api-study-close"),
     path("api/studies/<int:study_id>/reopen/", apis.StudyReopenApi.as_view(), name="api-study-reopen"),
-    path("api/studies/<int:study_id>/members/", apis.StudyMembersListAddApi.as_view(), name="api-study-members"),
+    path("api/studies/<int:study_id>/members/", apis.StudyMembersApi.as_view(), name="api-study-members"),
     # <member>: the membership id or the annotator's username
     path("api/studies/<int:study_id>/members/<str:member>/pause/", apis.StudyMemberPauseApi.as_view(),
          name="api-study-member-pause"),

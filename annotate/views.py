@@ -101,16 +101,14 @@ def annotate_study(request, study_id):
 def _token_user(request):
     """The user of an ``Authorization: Token <key>`` header (the annotator API's clients), None
     without one, False for a key that names no active user."""
-    from rest_framework.authentication import TokenAuthentication, get_authorization_header
+    from rest_framework.authentication import TokenAuthentication
     from rest_framework.exceptions import AuthenticationFailed
 
-    parts = get_authorization_header(request).split()
-    if len(parts) != 2 or parts[0].lower() != b"token":
-        return None
     try:
-        return TokenAuthentication().authenticate_credentials(parts[1].decode())[0]
-    except (AuthenticationFailed, UnicodeError):
+        found = TokenAuthentication().authenticate(request)
+    except AuthenticationFailed:
         return False
+    return found and found[0]
 
 
 def annotate_image(request, study_id, item_id, slot: str):

@@ -13,6 +13,7 @@ as its cache, gets the same 503 (annotation itself uses neither Redis nor the br
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -170,19 +171,15 @@ def _csp_header(directives: dict) -> str:
     return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())
 
 
-_csp_cache: list = []
-
-
+@functools.cache
 def _csp_headers() -> tuple[str, list[tuple[str, str]]]:
     """(the default policy's header value, [(path prefix, its header value)] longest first)."""
-    if not _csp_cache:
-        by_path = settings.CALIBRA_CSP_BY_PATH
-        _csp_cache.append((_csp_header(settings.CALIBRA_CSP),
-                           [(prefix, _csp_header(by_path[prefix])) for prefix in sorted(by_path, key=len, reverse=True)]))
-    return _csp_cache[0]
+    by_path = settings.CALIBRA_CSP_BY_PATH
+    return (_csp_header(settings.CALIBRA_CSP),
+            [(prefix, _csp_header(by_path[prefix])) for prefix in sorted(by_path, key=len, reverse=True)])
 
 
 @receiver(setting_changed)
 def _csp_setting_changed(setting, **kwargs):
     if setting in ("CALIBRA_CSP", "CALIBRA_CSP_BY_PATH"):
-        _csp_cache.clear()
+        _csp_headers.cache_clear()

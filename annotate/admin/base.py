@@ -17,8 +17,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import lookup_field
 from django.core.paginator import Paginator
 from django.db import IntegrityError, connections, transaction
-from django.db.models import Count, IntegerField, OuterRef, Subquery
-from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.http import StreamingHttpResponse
 from django.urls import reverse
@@ -31,6 +29,7 @@ from django.utils.text import Truncator
 from annotate import models
 from annotate.audit import audit
 from annotate.roles import is_researcher
+from annotate.selectors import count_of  # noqa: F401 - the admins' counts of children
 from annotate.services import exports, jobs
 from annotate.services.generation import generation_job_images
 from annotate.services.scoring import (
@@ -74,15 +73,6 @@ class ResearcherPermissions:
 
     def has_delete_permission(self, request, obj=None):
         return self.can_delete and (_researcher(request) or super().has_delete_permission(request, obj))
-
-
-def count_of(model, fk: str) -> Coalesce:
-    """How many ``model`` rows point at the row by ``fk``: a correlated subquery, which the
-    database evaluates for the rows shown (one index range each), with no join or GROUP BY over
-    the whole table and no query per row."""
-    rows = (model.objects.filter(**{fk: OuterRef("pk")}).order_by().values(fk)
-            .annotate(n=Count("*")).values("n"))
-    return Coalesce(Subquery(rows, output_field=IntegerField()), 0)
 
 
 def changelist_link(model, text, **filters) -> str:
