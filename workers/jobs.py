@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from annotate.models import GenerationJob, Image
@@ -115,13 +117,23 @@ def generation_chunk_execute(job_id: int, chunk_index: int, chunk_size: int, *,
 # ---------------------------------------------------------------- the run
 
 def _job_start(job: GenerationJob) -> None:
+    """A run starts (before any chunk of it is sent): its count is what storage holds now,
+    lower than the last run's when images were deleted since."""
+    done = min(generation_job_images(job).count(), job.total_images)
     GenerationJob.objects.filter(pk=job.pk).exclude(status=GenerationJob.Status.CANCELLED).update(
-        status=GenerationJob.Status.RUNNING, started_at=job.started_at or timezone.now(), error="")
+        status=GenerationJob.Status.RUNNING, started_at=job.started_at or timezone.now(), error="", done_images=done)
+
+
+def _done_at_least(done: int) -> Greatest:
+    """Workers of one run count the rows and then write the count: a count read before a
+    sibling's rows were committed can be written after the sibling's larger one. Within a run
+    the count only grows, so the larger of the two is kept."""
+    return Greatest(F("done_images"), Value(done))
 
 
 def _job_finish_if_complete(job: GenerationJob) -> None:
-    done = generation_job_images(job).count()
-    fields = {"done_images": min(done, job.total_images)}
+    done = min(generation_job_images(job).count(), job.total_images)
+    fields = {"done_images": _done_at_least(done)}
     if done >= job.total_images:
         fields.update(status=GenerationJob.Status.SUCCEEDED, finished_at=timezone.now(), error="")
     GenerationJob.objects.filter(pk=job.pk).exclude(status=GenerationJob.Status.CANCELLED).update(**fields)
@@ -198,7 +210,7 @@ def _progress(job: GenerationJob) -> bool:
     """Record done/total; False when the job has been cancelled meanwhile."""
     done = min(generation_job_images(job).count(), job.total_images)
     return bool(GenerationJob.objects.filter(pk=job.pk).exclude(status=GenerationJob.Status.CANCELLED)
-                .update(done_images=done))
+                .update(done_images=_done_at_least(done)))
 
 
 def _write_rows(job: GenerationJob, stored: list[tuple[Planned, Generated, str, str, int]]) -> int:

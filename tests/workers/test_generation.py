@@ -208,6 +208,39 @@ def test_two_workers_sharing_the_chunks_never_make_the_same_image(dataset, monke
     assert_complete_without_duplicates(job, 12)
 
 
+def test_a_stale_count_written_after_a_siblings_larger_one_does_not_lower_the_progress(dataset, monkeypatch):
+    """Two workers of one job: B counts the images before A's last rows are committed, A
+    counts 12 and finishes the job, then B writes its 11. (CI once ended such a run at
+    'succeeded, 11 of 12'.) The count B read is stale; the job keeps 12."""
+    job = make_job(dataset, name="raced")
+    job.refresh_from_db()
+    assert (job.status, job.done_images) == ("succeeded", 12)
+    real = jobs.generation_job_images
+    monkeypatch.setattr(jobs, "generation_job_images", lambda j: real(j).exclude(pk=real(j).first().pk))
+    assert jobs._progress(job) is True  # B's progress, from before A's commit
+    jobs._job_finish_if_complete(job)  # and B's finish
+    job.refresh_from_db()
+    assert (job.status, job.done_images, job.total_images) == ("succeeded", 12, 12)
+
+
+def test_a_new_run_counts_from_what_storage_holds(dataset, monkeypatch):
+    """Within a run the count only grows; a run started after images were deleted starts from
+    what is there (progress shows the rerun's work), and ends complete."""
+    job = make_job(dataset, name="rerun")
+    Image.objects.filter(job=job).order_by("pk")[:1].get().delete()
+    seen = []
+    original = jobs._generate
+
+    def spy(job_, missing, batch_size):
+        seen.append(GenerationJob.objects.get(pk=job_.pk).done_images)
+        return original(job_, missing, batch_size)
+
+    monkeypatch.setattr(jobs, "_generate", spy)
+    generation_job_execute(job.id)
+    job.refresh_from_db()
+    assert seen == [11] and (job.status, job.done_images) == ("succeeded", 12)
+
+
 def test_a_redelivered_chunk_running_twice_at_once_adds_no_duplicate(dataset, monkeypatch):
     job = queued_job(dataset)
     monkeypatch.setattr(jobs, "get_backend", lambda *a, **k: Scripted(delay=0.02))
