@@ -18,7 +18,7 @@ from django.db.models import Aggregate, Case, Count, FloatField, IntegerField, Q
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 
-from annotate.models import Judgment, Report, Study, StudyItem, StudyMembership
+from annotate.models import Judgment, Report, Skip, Study, StudyItem, StudyMembership
 from workers.stats.agreement import MISSING, leave_one_out_majority
 
 # The rate behind the estimated time to completion: judgments over about the last few hours.
@@ -121,6 +121,55 @@ def eta_hours(progress: StudyProgress, pace: JudgmentsPerHour) -> float | None:
     if pace.rate_per_hour <= 0:
         return None
     return progress.remaining / pace.rate_per_hour
+
+
+# --------------------------------------------------------------------------- skips
+
+
+@dataclass(frozen=True)
+class NotLoadedItem:
+    """An item an annotator skipped because an image did not load, with its images' ids (the
+    researcher's image view) and whether their files are in storage now."""
+
+    public_id: str
+    prompt: str
+    skips: int
+    images: list[tuple[int, bool]]  # (image id, file present)
+
+
+@dataclass(frozen=True)
+class StudySkips:
+    by_reason: list[tuple[str, int]]  # (reason label, count), every reason, in the model's order
+    not_loaded: list[NotLoadedItem]  # the items skipped with "image did not load", most skips first
+    not_loaded_items: int  # how many such items in all (the list is cut at its limit)
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.by_reason)
+
+
+def study_skips(study: Study, *, limit: int = 20, file_exists=None) -> StudySkips:
+    """Skips by reason (one GROUP BY), and the items skipped because an image did not load
+    (one more query, only when there are any): a file missing from storage shows here first.
+    ``file_exists(name)`` defaults to the default storage's ``exists``."""
+    counts = dict(Skip.objects.filter(item__study_id=study.pk).values("reason").annotate(n=Count("pk"))
+                  .order_by().values_list("reason", "n"))
+    by_reason = [(label, counts.get(value, 0)) for value, label in Skip.Reason.choices]
+    if not counts.get(Skip.Reason.IMAGE_NOT_LOADED):
+        return StudySkips(by_reason=by_reason, not_loaded=[], not_loaded_items=0)
+    if file_exists is None:
+        from django.core.files.storage import default_storage
+
+        file_exists = default_storage.exists
+    rows = list(StudyItem.objects.filter(study_id=study.pk, skips__reason=Skip.Reason.IMAGE_NOT_LOADED)
+                .values("public_id", "prompt__text", "image_a_id", "image_a__file", "image_b_id", "image_b__file")
+                .annotate(n=Count("skips")).order_by("-n", "pk"))
+    items = [NotLoadedItem(
+        public_id=str(r["public_id"]), prompt=r["prompt__text"], skips=r["n"],
+        images=[(pk, bool(name) and file_exists(name)) for pk, name in
+                ((r["image_a_id"], r["image_a__file"]), (r["image_b_id"], r["image_b__file"])) if pk is not None])
+        for r in rows[:limit]]
+    return StudySkips(by_reason=by_reason, not_loaded=items, not_loaded_items=len(rows))
 
 
 # --------------------------------------------------------------------------- annotators

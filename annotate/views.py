@@ -1,4 +1,5 @@
 """Thin template views: permission check, one selector or service call, render."""
+import logging
 import mimetypes
 
 import markdown
@@ -22,6 +23,8 @@ from annotate.models import Dataset, Report, Study
 from annotate.roles import is_researcher
 from annotate.services.annotation import progress_of
 from annotate.services.studies import StudyError, crowd_worker_join
+
+logger = logging.getLogger(__name__)
 
 
 def researcher_required(view):
@@ -130,8 +133,14 @@ def annotate_image(request, study_id, item_id, slot: str):
         study=study, annotator=request.user, item_public_id=item_id, slot=slot, token=token)
     if not image or not image.file:
         raise Http404
-    response = FileResponse(default_storage.open(image.file.name),
-                            content_type=mimetypes.guess_type(image.file.name)[0] or "image/jpeg")
+    try:
+        handle = default_storage.open(image.file.name)
+    except FileNotFoundError:
+        # The row is there and its file is not (moved, deleted, a storage not mounted): the
+        # annotator gets a 404 (the page says so and offers "Image did not load"), the log says which.
+        logger.warning("image %s of study %s is missing its file %s", image.pk, study.pk, image.file.name)
+        raise Http404 from None
+    response = FileResponse(handle, content_type=mimetypes.guess_type(image.file.name)[0] or "image/jpeg")
     # FileResponse names the stored file (prompt, seed, index) in Content-Disposition: not for annotators.
     response.headers.pop("Content-Disposition", None)
     # With its lease's token a URL always names the same image, so the browser may keep it; a

@@ -49,6 +49,7 @@ def _study_page(request, study: Study, *, status: int = 200, **extra):
         "rate_window_hours": sel.RATE_WINDOW_HOURS,
         "eta": None if eta is None else format_duration(eta) if eta > 0 else "",
         "annotators": sel.study_annotator_table(study),
+        "skips": sel.study_skips(study),
         "agreement_min_items": sel.AGREEMENT_MIN_ITEMS,
         "reports": sel.study_recent_reports(study),
         "report_formats": Report.Format.choices,

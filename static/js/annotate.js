@@ -167,6 +167,12 @@
     current.images.forEach((im) => { $("img-" + im.slot).alt = sideName(im.slot) + " for: " + current.prompt; });
   }
   if (stacked.addEventListener) stacked.addEventListener("change", altTexts);
+  // An image of the item on screen that fails (its file is missing, the connection dropped):
+  // say so, in the error colour, and point at the skip that records why.
+  document.querySelectorAll("#task img[data-slot]").forEach((img) => img.addEventListener("error", () => {
+    if (stopped || !current || current.done || !img.getAttribute("src")) return;
+    say(sideName(img.dataset.slot) + " did not load. Reload the page, or skip this item with \u201cImage did not load\u201d.", "error");
+  }));
 
   // A new item never inherits a pressed button: focus goes to its description (read out by a
   // screen reader, and Enter or Space there answers nothing), and the live region names it.
@@ -241,6 +247,7 @@
     current = null;
     if (position !== null) position += 1;
     send("skip/", body);
+    say("");
     advancing = advance();
   }
 

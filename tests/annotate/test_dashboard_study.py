@@ -2,6 +2,7 @@
 lifecycle and pause services it calls. Judgments are made through the annotation engine."""
 import re
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 import numpy as np
@@ -13,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotate import selectors_study as sel
-from annotate.models import Assignment, Judgment, Report, Study, StudyItem, StudyMembership
+from annotate.models import Assignment, Image, Judgment, Report, Study, StudyItem, StudyMembership
 from annotate.services.annotation import (
     AnnotatorPaused, assignment_next, canonical_answer, judgment_submit, skip_submit,
 )
@@ -419,3 +420,48 @@ def test_page_queries_do_not_grow_with_members_or_judgments(client, researcher):
         response = page(client, study)
     assert len(response.context["annotators"]) == 8 and response.context["progress"].judgments == 17
     assert len(large.captured_queries) == len(small.captured_queries) <= 14
+
+
+# --------------------------------------------------------------------------- skips
+
+
+def test_skips_by_reason_and_the_items_whose_image_did_not_load_with_missing_files(client, researcher, media_root):
+    users = annotators(3, prefix="s")
+    study = open_pairwise(members=users, prompts=4, per_prompt=1, redundancy=3)
+    for image in Image.objects.all():
+        path = media_root / image.file.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"jpeg")
+
+    def skip_next(user, reason):
+        lease = assignment_next(study=study, annotator=user)
+        item = StudyItem.objects.get(pk=lease.item_id)
+        skip_submit(study=study, annotator=user, item_public_id=item.public_id, client_id=uuid.uuid4(), reason=reason)
+        return item
+
+    client.force_login(researcher)
+    assert "id=\"skips\"" not in page(client, study).content.decode()  # none yet: no line
+    broken = skip_next(users[0], "image_not_loaded")
+    (media_root / broken.image_b.file.name).unlink()  # its right-hand file is gone
+    second = skip_next(users[1], "image_not_loaded")  # the same item or another: each annotator's order is their own
+    skip_next(users[2], "unsure")
+    answer_next(study, users[2], lambda item, lease: "left")
+
+    skips = sel.study_skips(study)
+    assert skips.total == 3 and dict(skips.by_reason) == {"Image did not load": 2, "Unsure": 1, "Other": 0}
+    expected = Counter([broken.public_id, second.public_id])
+    assert {uuid.UUID(i.public_id): i.skips for i in skips.not_loaded} == expected
+    assert skips.not_loaded[0].skips == max(expected.values())  # most skips first
+    row = next(i for i in skips.not_loaded if uuid.UUID(i.public_id) == broken.public_id)
+    assert row.prompt == broken.prompt.text
+    assert row.images == [(broken.image_a_id, True), (broken.image_b_id, False)]
+    assert skips.not_loaded_items == len(expected)
+    assert len(sel.study_skips(study, limit=1).not_loaded) == 1
+
+    html = page(client, study).content.decode()
+    assert re.search(r'id="skips">3 skips \(not judgments\):\s*image did not load 2, unsure 1, other 0\.', html)
+    table = html[html.index('id="not-loaded"'):]
+    assert f'data-item="{broken.public_id}"' in table
+    assert reverse("researcher-image", args=[broken.image_b_id]) in table
+    assert table.count('class="file-missing"') == 1
+

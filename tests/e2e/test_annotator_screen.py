@@ -4,9 +4,10 @@ annotator is paused, where focus goes, which keys answer, how it reads at phone 
 import re
 
 import pytest
+from PIL import Image as PILImage
 from playwright.sync_api import Page, expect
 
-from annotate.models import Judgment, Study, StudyMembership
+from annotate.models import Image, Judgment, Skip, Study, StudyMembership
 from annotate.roles import ANNOTATORS
 from annotate.services.accounts import user_create_with_role
 from annotate.services.demo import demo_seed
@@ -79,20 +80,30 @@ def active_element(page: Page) -> str:
                          " return a.tagName.toLowerCase() + (a.id ? '#' + a.id : ''); }")
 
 
+def draw_files(media_root) -> None:
+    """A small JPEG for every image row (the page says so when an image does not load)."""
+    for image in Image.objects.all():
+        path = media_root / image.file.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        PILImage.new("RGB", (64, 64), ((image.pk * 53) % 256, (image.pk * 101) % 256, 120)).save(path, "JPEG")
+
+
 @pytest.fixture
-def rating(live_server):
-    """A yes/no rating study with one member (image files are not needed here)."""
+def rating(live_server, media_root):
+    """A yes/no rating study with one member."""
     annotator()
     study = open_rating(prompts=4, per_prompt=2)
     member(study)
+    draw_files(media_root)
     return study
 
 
 @pytest.fixture
-def pairs(live_server):
+def pairs(live_server, media_root):
     annotator()
     study = open_pairwise(prompts=6, per_prompt=2)
     member(study)
+    draw_files(media_root)
     return study
 
 
@@ -312,3 +323,26 @@ def test_each_item_is_announced_and_only_errors_show_in_the_error_colour(page: P
     assert status.evaluate("s => getComputedStyle(s).color") == ERR_COLOUR
     page.wait_for_function("key => localStorage.getItem(key) === '[]'", arg=f"calibra-pending-{pairs.public_id}")
     expect(page.locator("#task")).to_be_visible()  # not a refusal of the annotator: the work goes on
+
+
+def test_an_image_that_does_not_load_is_said_and_its_skip_records_why(page: Page, live_server, pairs, media_root):
+    """Files gone from storage (the server answers 404, never 500): the page says which image
+    did not load, in the error colour, and "Image did not load" skips with that reason."""
+    for image in Image.objects.all():
+        (media_root / image.file.name).unlink()
+    page.set_default_timeout(TIMEOUT_MS)
+    sign_in(page, live_server.url)
+    failed = []
+    page.on("response", lambda r: failed.append(r.status) if ".jpg" in r.url else None)
+    open_study(page, live_server.url, pairs)
+    status = page.locator("#status")
+    expect(status).to_have_text(re.compile(r"^(Left|Right) image did not load\. .*Image did not load"))
+    assert status.evaluate("s => getComputedStyle(s).color") == ERR_COLOUR
+    assert failed and set(failed) == {404}
+    first = page.locator("#prompt").text_content()
+    with page.expect_response(lambda r: r.url.endswith("/skip/")) as skipped:
+        page.get_by_role("button", name="Image did not load").click()
+    assert skipped.value.status in (200, 201)
+    expect_announced(page, 2)
+    skip = Skip.objects.get()
+    assert skip.reason == Skip.Reason.IMAGE_NOT_LOADED and skip.item.prompt.text == first

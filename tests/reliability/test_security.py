@@ -545,7 +545,7 @@ def leased(media_root):
     api.force_login(member)
     item = api.post(reverse("api-next", args=[study.public_id]), {}, format="json").json()
     return {"study": study, "other_study": other_study, "member": member, "outsider": outsider,
-            "elsewhere": elsewhere, "item": item, "url": item["images"][0]["url"]}
+            "elsewhere": elsewhere, "item": item, "url": item["images"][0]["url"], "media_root": media_root}
 
 
 def web_as(user) -> Client:
@@ -780,3 +780,18 @@ def test_the_log_is_read_only_in_the_admin_with_filters_and_search(fresh_log, re
     assert client.post(reverse("admin:annotate_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
     event.refresh_from_db()
     assert event.action == "study.open"
+
+
+def test_an_image_whose_file_is_gone_is_a_404_and_the_log_names_the_file(leased, caplog):
+    """A row whose file was moved or deleted: the annotator gets a 404 (never a 500), the log
+    says which image and file, and the other side of the pair is still served."""
+    study, url = leased["study"], leased["url"]
+    served = b"".join(web_as(leased["member"]).get(url).streaming_content)
+    image = Image.objects.get(pk=int(served.rsplit(b" ", 1)[1]))  # the fixture wrote its pk into it
+    (leased["media_root"] / image.file.name).unlink()
+    with caplog.at_level("WARNING", logger="annotate.views"):
+        gone = web_as(leased["member"]).get(url)
+    assert gone.status_code == 404
+    assert any(image.file.name in r.getMessage() and f"study {study.pk}" in r.getMessage() for r in caplog.records)
+    other_side = leased["item"]["images"][1]["url"]
+    assert web_as(leased["member"]).get(other_side).status_code == 200
