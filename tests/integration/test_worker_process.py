@@ -85,7 +85,11 @@ def test_worker_process_runs_a_generation_job_from_the_broker(worker):
     wait_for(job, proc, 90, lambda j: j.status in ("succeeded", "failed"))
     assert job.status == "succeeded", log.read_text()[-3000:]
     assert Image.objects.filter(job=job).count() == 4 == job.done_images
-    assert "generation_job_run" in log.read_text() and "succeeded" in log.read_text()
+    # The row says succeeded from inside the task; Celery logs "Task ... succeeded in" once it returns.
+    deadline = time.monotonic() + 15
+    while "succeeded in" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "generation_job_run" in log.read_text() and "succeeded in" in log.read_text(), log.read_text()[-3000:]
     assert GenerationJob.objects.get(pk=job.pk).finished_at is not None
 
 

@@ -351,7 +351,16 @@ def signed_in(client: Client) -> bool:
     return "_auth_user_id" in client.session
 
 
-def test_ten_failures_lock_the_username_for_everyone_and_not_other_accounts(researcher, annotator):
+@pytest.fixture
+def one_sign_in_window(monkeypatch):
+    """Failures are counted in fixed 15-minute windows: a boundary crossed during a test's
+    attempts would split the count. The clock stands 5 minutes into a window."""
+    start = (time.time() // (15 * 60) + 1) * 15 * 60
+    monkeypatch.setattr(audit_module.time, "time", lambda: start + 5 * 60)
+    return start
+
+
+def test_ten_failures_lock_the_username_for_everyone_and_not_other_accounts(researcher, annotator, one_sign_in_window):
     client = Client()
     for _ in range(10):
         failed = sign_in(client, "res", "wrong")
@@ -359,7 +368,7 @@ def test_ten_failures_lock_the_username_for_everyone_and_not_other_accounts(rese
     locked = sign_in(client, "res", "res-pass-123", ip="10.9.9.9")  # the right password, another address
     assert locked.status_code == 200 and not signed_in(client)
     wait = re.search(rb"Too many failed attempts to log in. Please try again in (\d+) minutes?\.", locked.content)
-    assert wait and 1 <= int(wait.group(1)) <= 15  # what is left of the 15-minute window
+    assert wait and int(wait.group(1)) == 10  # what is left of the 15-minute window
     assert APIClient().post(reverse("api-token"), {"username": "res", "password": "res-pass-123"},
                             REMOTE_ADDR="10.9.9.8").status_code == 429
     admin = Client()
@@ -369,7 +378,7 @@ def test_ten_failures_lock_the_username_for_everyone_and_not_other_accounts(rese
     assert sign_in(other, "ann", "ann-pass-123").status_code == 302 and signed_in(other)  # same address
 
 
-def test_many_failures_from_one_address_lock_that_address(researcher):
+def test_many_failures_from_one_address_lock_that_address(researcher, one_sign_in_window):
     client = Client()
     for n in range(30):
         sign_in(client, f"nobody{n}", "wrong", ip="10.0.0.2")
@@ -378,7 +387,8 @@ def test_many_failures_from_one_address_lock_that_address(researcher):
     assert sign_in(client, "res", "res-pass-123", ip="10.0.0.3").status_code == 302 and signed_in(client)
 
 
-def test_successful_sign_ins_are_not_counted_and_the_lock_ends_with_its_window(researcher, monkeypatch):
+def test_successful_sign_ins_are_not_counted_and_the_lock_ends_with_its_window(researcher, monkeypatch,
+                                                                             one_sign_in_window):
     for _ in range(25):
         client = Client()
         assert sign_in(client, "res", "res-pass-123").status_code == 302
@@ -392,17 +402,17 @@ def test_successful_sign_ins_are_not_counted_and_the_lock_ends_with_its_window(r
     assert sign_in(client, "res", "res-pass-123").status_code == 302 and signed_in(client)
 
 
-def test_the_token_endpoint_answers_429_with_retry_after(researcher):
+def test_the_token_endpoint_answers_429_with_retry_after(researcher, one_sign_in_window):
     api = APIClient()
     for _ in range(10):
         assert api.post(reverse("api-token"), {"username": "res", "password": "x"}).status_code == 400
     refused = api.post(reverse("api-token"), {"username": "res", "password": "res-pass-123"})
     assert refused.status_code == 429
-    assert 1 <= int(refused["Retry-After"]) <= 15 * 60 and "throttled" in refused.json()["detail"]
+    assert int(refused["Retry-After"]) == 10 * 60 and "throttled" in refused.json()["detail"]
 
 
 @override_settings(CALIBRA_NUM_PROXIES=1)
-def test_behind_a_proxy_the_address_is_the_one_it_forwarded(researcher):
+def test_behind_a_proxy_the_address_is_the_one_it_forwarded(researcher, one_sign_in_window):
     client = Client()
     for n in range(30):  # all from the proxy's address, forwarded for one client
         sign_in(client, f"nobody{n}", "wrong", ip="10.0.0.254", HTTP_X_FORWARDED_FOR="1.2.3.4, 203.0.113.9")
@@ -504,8 +514,9 @@ def test_submissions_past_the_rate_answer_429_with_retry_after_and_json(annotati
     assert Judgment.objects.count() == 2
 
 
-def test_a_submission_costs_one_cache_increment(annotating):
+def test_a_submission_costs_one_cache_increment(annotating, monkeypatch):
     study, api, body, _ = annotating
+    freeze(monkeypatch, 3_000_000.5)  # all six in one window: a window's first submission also adds
     submit = reverse("api-submit", args=[study.public_id])
     with rate_cache("CountingCache"):
         CountingCache.calls = []

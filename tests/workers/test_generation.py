@@ -286,6 +286,9 @@ def test_image_writer_keeps_a_bounded_number_of_images_in_flight(monkeypatch):
 
         producer = threading.Thread(target=produce)
         producer.start()
+        deadline = time.monotonic() + 5
+        while len(submitted) < 3 and time.monotonic() < deadline:  # a busy machine may start it late
+            time.sleep(0.01)
         time.sleep(0.2)
         assert submitted == [0, 1, 2]  # the fourth waits for room
         release.set()
