@@ -607,7 +607,8 @@ class StudyReportsApi(APIView):
             ref_name = "StudyReportsInput"
 
         format = serializers.ChoiceField(choices=Report.Format.choices, default=Report.Format.HTML)
-        rounds = serializers.IntegerField(min_value=1, max_value=100_000, default=reports.DEFAULT_ROUNDS)
+        rounds = serializers.IntegerField(min_value=reports.MIN_ROUNDS, max_value=reports.MAX_ROUNDS,
+                                          default=reports.DEFAULT_ROUNDS)
         seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=reports.DEFAULT_SEED)
 
     @extend_schema(request=Input, responses={202: ReportOutput})

@@ -26,7 +26,7 @@ from annotate.admin.base import (
 )
 from annotate.audit import audit
 from annotate.services import exports, studies
-from annotate.services.reports import ReportError, report_request
+from annotate.services.reports import DEFAULT_ROUNDS, MAX_ROUNDS, MIN_ROUNDS, ReportError, report_request
 
 # ---------------------------------------------------------------- studies
 
@@ -314,7 +314,7 @@ class SkipAdmin(ReadOnlyAdmin):
 
 
 class ReportAddForm(ServiceAddForm):
-    rounds = forms.IntegerField(initial=1000, help_text="bootstrap rounds")
+    rounds = forms.IntegerField(initial=DEFAULT_ROUNDS, help_text=f"bootstrap rounds, {MIN_ROUNDS:,} to {MAX_ROUNDS:,}")
     seed = forms.IntegerField(initial=0)
 
     class Meta:

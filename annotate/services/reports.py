@@ -17,6 +17,17 @@ from workers.stats.agreement import agreement_report, rating_matrix
 from workers.stats.pairwise import A_WINS, B_WINS, TIE, json_ready, pairwise_report, wilson_interval
 
 DEFAULT_ROUNDS = 1000
+# The SPEC's floor for the bootstrap intervals of a report anyone reads.
+MIN_ROUNDS = 1000
+MAX_ROUNDS = 100_000
+
+
+def rounds_check(rounds: int) -> int:
+    """Bootstrap rounds for a report: between MIN_ROUNDS and MAX_ROUNDS (fewer make the interval
+    ends wobble from seed to seed)."""
+    if not MIN_ROUNDS <= rounds <= MAX_ROUNDS:
+        raise ReportError(f"rounds: must be between {MIN_ROUNDS:,} and {MAX_ROUNDS:,}, not {rounds}")
+    return rounds
 DEFAULT_SEED = 0
 
 
@@ -29,7 +40,7 @@ def _judgments(study: Study):
     rows = list(Judgment.objects.filter(item__study=study).order_by("pk").values_list(
         "item_id", "item__is_gold", "is_flagged", "annotator_id", "choice", "score", "a_on_left",
         "item__prompt_id", "item__prompt__category", "item__image_a__checkpoint__name",
-        "item__image_b__checkpoint__name", "gold_correct"))
+        "item__image_b__checkpoint__name", "gold_correct", "annotator__username"))
     counted = [r for r in rows if not r[1] and not r[2]]
     excluded = {"flagged_annotators": sum(1 for r in rows if r[2]),
                 "gold_items": sum(1 for r in rows if r[1] and not r[2])}
@@ -37,12 +48,16 @@ def _judgments(study: Study):
 
 
 def _gold(rows) -> list[dict]:
+    """Per annotator (by username, as on the dashboard and in the exports): answers on gold
+    items, correct ones, and whether their judgments are excluded (flagged by the gold check)."""
     per: dict = {}
+    flagged = {r[12] for r in rows if r[2]}
     for r in rows:
         if r[1] and r[11] is not None:
-            n, ok = per.get(r[3], (0, 0))
-            per[r[3]] = (n + 1, ok + int(bool(r[11])))
-    return [{"annotator": a, "gold_answers": n, "gold_correct": ok, "accuracy": ok / n} for a, (n, ok) in per.items()]
+            n, ok = per.get(r[12], (0, 0))
+            per[r[12]] = (n + 1, ok + int(bool(r[11])))
+    return [{"annotator": a, "gold_answers": n, "gold_correct": ok, "accuracy": ok / n, "excluded": a in flagged}
+            for a, (n, ok) in sorted(per.items())]
 
 
 def _answer(row) -> str:
@@ -60,7 +75,7 @@ def _answer(row) -> str:
 def _agreement(counted) -> dict:
     if not counted:
         return {}
-    matrix = rating_matrix([r[0] for r in counted], [r[3] for r in counted], [_answer(r) for r in counted])
+    matrix = rating_matrix([r[0] for r in counted], [r[12] for r in counted], [_answer(r) for r in counted])
     return agreement_report(matrix).to_dict()
 
 
@@ -99,20 +114,58 @@ def _pairwise(study: Study, counted, rounds: int, seed: int) -> dict:
 
 
 def _rating(counted) -> dict:
-    """Per checkpoint: the share of its images judged aligned, with a Wilson interval."""
+    """Per checkpoint: the share of its images judged aligned, with a Wilson interval. On the
+    1-5 scale a 3 is neither: left out, and counted as such."""
     per: dict = {}
+    neutral: dict = {}
     for r in counted:
+        name = r[9] or "imported"
         answer = _answer(r)
         if answer == "unsure":
+            neutral[name] = neutral.get(name, 0) + 1
             continue
-        n, yes = per.get(r[9] or "imported", (0, 0))
-        per[r[9] or "imported"] = (n + 1, yes + (answer == "aligned"))
+        n, yes = per.get(name, (0, 0))
+        per[name] = (n + 1, yes + (answer == "aligned"))
     rows = []
-    for name, (n, yes) in sorted(per.items()):
-        low, high = wilson_interval(np.array([float(yes)]), np.array([float(n)]))
-        rows.append({"model": name, "n": n, "aligned": yes, "aligned_rate": yes / n,
-                     "wilson": [float(low[0]), float(high[0])]})
-    return {"checkpoints": rows}
+    for name in sorted(set(per) | set(neutral)):
+        n, yes = per.get(name, (0, 0))
+        low, high = wilson_interval(np.array([float(yes)]), np.array([float(n)])) if n else ([None], [None])
+        rows.append({"model": name, "n": n, "aligned": yes, "aligned_rate": yes / n if n else None,
+                     "neutral_left_out": neutral.get(name, 0),
+                     "wilson": [None if low[0] is None else float(low[0]), None if high[0] is None else float(high[0])]})
+    return {"checkpoints": rows, "neutral_left_out": sum(neutral.values())}
+
+
+def _warnings(study: Study, counted, data: dict) -> list[str]:
+    """What a reader must know before trusting the figures: an open study, judgments missing
+    against the target, items with fewer counted judgments than the redundancy, few prompts
+    or annotators behind a pair."""
+    notes = []
+    if study.status != Study.Status.CLOSED:
+        notes.append(f"The study is {study.status}: the figures will change as judgments come in.")
+    items = list(study.items.filter(is_gold=False).values_list("pk", flat=True))
+    per_item: dict = {}
+    for r in counted:
+        per_item[r[0]] = per_item.get(r[0], 0) + 1
+    short = sum(1 for pk in items if per_item.get(pk, 0) < study.redundancy)
+    if short:
+        notes.append(f"{short} of {len(items)} items have fewer than {study.redundancy} counted judgments "
+                     f"(not yet judged, or judgments of flagged annotators excluded).")
+    pairwise = data.get("pairwise")
+    if pairwise:
+        from workers.stats.pairwise import MIN_CLUSTERS
+
+        few = [p for p in pairwise["pairs"] if p["n"] and (p["prompts"] or 0) < MIN_CLUSTERS]
+        if few:
+            notes.append(f"{len(few)} pair{'s' if len(few) > 1 else ''} rest on fewer than {MIN_CLUSTERS} prompts: "
+                         "no prompt-bootstrap interval or verdict for them; read the Wilson interval with care "
+                         "(it treats every vote as independent).")
+        if (pairwise["inputs"].get("annotators") or 0) < MIN_CLUSTERS:
+            notes.append(f"Fewer than {MIN_CLUSTERS} annotators: no annotator-bootstrap interval.")
+    if data.get("rating") and data["rating"]["neutral_left_out"]:
+        notes.append(f"{data['rating']['neutral_left_out']} answers of 3 (neither) on the 1-5 scale are left out "
+                     "of the aligned rates.")
+    return notes
 
 
 def study_report_data(*, study: Study, rounds: int = DEFAULT_ROUNDS, seed: int = DEFAULT_SEED) -> dict:
@@ -134,7 +187,9 @@ def study_report_data(*, study: Study, rounds: int = DEFAULT_ROUNDS, seed: int =
         data["pairwise"] = _pairwise(study, counted, rounds, seed) if counted else None
     else:
         data["rating"] = _rating(counted)
-    return json_ready(data)
+    data = json_ready(data)
+    data["warnings"] = _warnings(study, counted, data)
+    return data
 
 
 def report_render(data: dict, fmt: str) -> bytes:
@@ -151,8 +206,7 @@ def report_request(*, study: Study, fmt: str, rounds: int = DEFAULT_ROUNDS, seed
                    created_by=None, enqueue: bool = True) -> Report:
     if fmt not in Report.Format.values:
         raise ReportError(f"format: must be one of {', '.join(Report.Format.values)}, not {fmt!r}")
-    if rounds < 1:
-        raise ReportError(f"rounds: must be at least 1, not {rounds}")
+    rounds_check(rounds)
     report = Report.objects.create(study=study, format=fmt, params={"rounds": rounds, "seed": seed},
                                    created_by=created_by)
     if enqueue:

@@ -447,13 +447,13 @@ def test_adding_a_study_makes_its_items_through_the_service(world, res_client):
 
 def test_adding_a_report_requests_it(world, res_client, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        response = res_client.post(add_url(Report), {"study": world.study.pk, "format": "csv", "rounds": 20, "seed": 1})
+        response = res_client.post(add_url(Report), {"study": world.study.pk, "format": "csv", "rounds": 1000, "seed": 1})
     assert response.status_code == 302
     report = Report.objects.get(format="csv")
-    assert (report.status, report.params, report.created_by.username) == ("succeeded", {"rounds": 20, "seed": 1}, "res")
-    errors = res_client.post(add_url(Report), {"study": world.study.pk, "format": "csv", "rounds": 0, "seed": 1}
+    assert (report.status, report.params, report.created_by.username) == ("succeeded", {"rounds": 1000, "seed": 1}, "res")
+    errors = res_client.post(add_url(Report), {"study": world.study.pk, "format": "csv", "rounds": 999, "seed": 1}
                              ).context["adminform"].form.errors
-    assert errors == {"rounds": ["must be at least 1, not 0"]} and Report.objects.count() == 2
+    assert errors == {"rounds": ["must be between 1,000 and 100,000, not 999"]} and Report.objects.count() == 2
 
 
 # --- studies and members -------------------------------------------------------------------

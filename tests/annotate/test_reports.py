@@ -50,6 +50,16 @@ def test_pairwise_report_counts_in_the_items_terms_and_states_its_inputs():
     # Everyone picks alpha's image, which is A on some items and B on others: perfect agreement.
     assert data["agreement"]["fleiss_kappa"]["value"] == pytest.approx(1.0)
     json.dumps(data)  # JSON-ready: no NaN or numpy types
+    # What a reader must know first: open, every item short of its redundancy (the flagged
+    # annotator's third judgment is excluded), 6 prompts and 3 annotators behind the pair.
+    warnings = data["warnings"]
+    assert warnings[0] == "The study is open: the figures will change as judgments come in."
+    assert warnings[1].startswith("12 of 12 items have fewer than 3 counted judgments")
+    assert "1 pair rest on fewer than 10 prompts" in warnings[2] and "Fewer than 10 annotators" in warnings[3]
+    assert (pair["prompts"], pair["annotators"], pair["verdict"]) == (6, 2, "too few prompts")
+    # Annotators by username, as on the dashboard; the flagged one is not in the agreement.
+    loo = {x["annotator"] for x in data["agreement"]["loo_majority"]}
+    assert loo == {users[0].username, users[1].username}
     again = study_report_data(study=study, rounds=200, seed=7)
     for d in (data, again):
         d["inputs"].pop("generated_at")
@@ -94,14 +104,16 @@ def test_a_requested_report_is_built_by_the_task_and_stored(django_capture_on_co
     study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)
     answer_all(study, users, alpha_wins)
     with django_capture_on_commit_callbacks(execute=True):
-        report = report_request(study=study, fmt="json", rounds=50)
+        report = report_request(study=study, fmt="json", rounds=1000)
     report.refresh_from_db()
     assert report.status == Report.Status.SUCCEEDED and report.finished_at is not None
     with report.file.open("rb") as fh:
         stored = json.loads(fh.read())
-    assert stored["inputs"]["judgments_counted"] == 6 and stored["inputs"]["bootstrap_rounds"] == 50
-    with pytest.raises(ReportError, match="rounds"):
-        report_request(study=study, fmt="json", rounds=0)
+    assert stored["inputs"]["judgments_counted"] == 6 and stored["inputs"]["bootstrap_rounds"] == 1000
+    for rounds in (0, 999, 100_001):  # the SPEC's floor is 1,000 rounds
+        with pytest.raises(ReportError, match="rounds: must be between 1,000 and 100,000"):
+            report_request(study=study, fmt="json", rounds=rounds)
+    assert Report.objects.count() == 1
 
 
 def test_export_report_command_writes_the_file(tmp_path):
@@ -109,12 +121,15 @@ def test_export_report_command_writes_the_file(tmp_path):
     study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)
     answer_all(study, users, alpha_wins)
     out = tmp_path / "r.html"
-    call_command("export_report", str(study.public_id), "--format", "html", "--out", str(out), "--rounds", "50",
+    call_command("export_report", str(study.public_id), "--format", "html", "--out", str(out), "--rounds", "1000",
                  stderr=io.StringIO())
     assert "<svg" in out.read_text()
-    call_command("export_report", study.name, "--format", "csv", "--out", str(tmp_path / "r.csv"), "--rounds", "20",
+    call_command("export_report", study.name, "--format", "csv", "--out", str(tmp_path / "r.csv"),
                  stderr=io.StringIO())
     assert (tmp_path / "r.csv").read_text().startswith("study,kind,")
+    with pytest.raises(CommandError, match="rounds: must be between 1,000"):
+        call_command("export_report", study.name, "--out", str(tmp_path / "few.html"), "--rounds", "20")
+    assert not (tmp_path / "few.html").exists()
     with pytest.raises(CommandError, match="no study"):
         call_command("export_report", "nope", "--out", str(out))
 
@@ -136,11 +151,13 @@ def test_researchers_ask_for_a_report_and_download_it_annotators_cannot(django_c
     assert member.post(url, {"format": "csv"}, format="json").status_code == 403
     assert APIClient().post(url, {"format": "csv"}, format="json").status_code in (401, 403)
     assert api.post(url, {"format": "pdf"}, format="json").status_code == 400
+    few = api.post(url, {"format": "csv", "rounds": 999}, format="json")
+    assert few.status_code == 400 and "rounds" in few.json() and not Report.objects.filter(study=study).exists()
     with django_capture_on_commit_callbacks(execute=True):
-        made = api.post(url, {"format": "csv", "rounds": 30, "seed": 3}, format="json")
+        made = api.post(url, {"format": "csv", "rounds": 1000, "seed": 3}, format="json")
     assert made.status_code == 202
     report = api.get(f"/api/reports/{made.json()['id']}/").json()
-    assert report["status"] == "succeeded" and report["params"] == {"rounds": 30, "seed": 3}
+    assert report["status"] == "succeeded" and report["params"] == {"rounds": 1000, "seed": 3}
     download = api.get(report["download"])
     assert download.status_code == 200 and download["Content-Type"].startswith("text/csv")
     assert b"".join(download.streaming_content).decode().startswith("study,kind,")
@@ -174,3 +191,27 @@ def test_the_overview_builds_a_report_and_links_its_download(client, django_capt
     assert study.name in page and f"/api/reports/{report.pk}/download" in page
     download = client.get(f"/api/reports/{report.pk}/download")
     assert download.status_code == 200 and b"<svg" in b"".join(download.streaming_content)
+
+
+def test_a_likert_report_counts_the_threes_it_leaves_out_and_gold_rows_name_excluded_annotators():
+    users = annotators(2)
+    study = open_rating(members=users, prompts=3, per_prompt=1, redundancy=2, rating_scale="likert5")
+    for user, score_of in ((users[0], lambda name: 5 if name == "alpha-ckpt" else 3),
+                           (users[1], lambda name: 4 if name == "alpha-ckpt" else 1)):
+        while (lease := assignment_next(study=study, annotator=user)) is not None:
+            judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, client_id=uuid.uuid4(),
+                            choice="score", score=score_of(lease.item.image_a.checkpoint.name))
+    data = study_report_data(study=study)
+    rows = {r["model"]: r for r in data["rating"]["checkpoints"]}
+    assert (rows["alpha-ckpt"]["n"], rows["alpha-ckpt"]["aligned"], rows["alpha-ckpt"]["neutral_left_out"]) == (6, 6, 0)
+    assert (rows["beta-ckpt"]["n"], rows["beta-ckpt"]["aligned"], rows["beta-ckpt"]["neutral_left_out"]) == (3, 0, 3)
+    assert data["rating"]["neutral_left_out"] == 3
+    assert "3 answers of 3 (neither) on the 1-5 scale are left out of the aligned rates." in data["warnings"]
+
+    from annotate.services.reports import _gold
+    rows = [(1, True, False, 7, "aligned", None, None, 1, "", "x", None, True, "ann-a"),
+            (2, True, True, 8, "aligned", None, None, 1, "", "x", None, False, "ann-b"),
+            (3, False, True, 8, "aligned", None, None, 1, "", "x", None, None, "ann-b")]
+    assert _gold(rows) == [
+        {"annotator": "ann-a", "gold_answers": 1, "gold_correct": 1, "accuracy": 1.0, "excluded": False},
+        {"annotator": "ann-b", "gold_answers": 1, "gold_correct": 0, "accuracy": 0.0, "excluded": True}]

@@ -177,9 +177,10 @@ def test_all_ties():
     rows = [(i, j, TIE, k, k % 3, k % 2 == 0) for k, (i, j) in enumerate([(0, 1), (1, 2), (0, 2)] * 4)]
     r = report(rows, 3, rounds=100)
     assert [x["theta"] for x in r["bradley_terry"]["ratings"]] == pytest.approx([0, 0, 0])
-    assert all(p["win_rate_a"] == 0.5 and p["sign_test_p"] == 1.0 and p["holm_p"] == 1.0 for p in r["pairs"])
+    # Only ties: nothing decisive to test, so no sign test and no Holm p (not a p of 1).
+    assert all(p["win_rate_a"] == 0.5 and p["sign_test_p"] is None and p["holm_p"] is None for p in r["pairs"])
     assert r["position_bias"]["left_win_rate"] == 0.5
-    assert r["bradley_terry"]["ratings"][0]["rank_interval_vote"] == [1, 1]  # all share rank 1
+    assert r["bradley_terry"]["ratings"][0]["rank_interval_vote"] == [1, 1]  # equal for sure: all share rank 1
 
 
 def test_one_item():
@@ -306,3 +307,99 @@ def test_import_pulls_in_neither_django_nor_torch():
             "if m.split('.')[0] in ('django', 'torch')]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_holm_counts_only_the_pairs_that_were_tested():
+    """Three checkpoints; m0-m1 and m1-m2 each 9-1, m0 and m2 never shown together. The family
+    is the two tested pairs (Holm p = 2 x 0.0215 = 0.043), not three (0.0645, which would hide
+    a result significant at 0.05); the untested pair has no p-values at all."""
+    rows = ([(0, 1, A_WINS, k, k % 4, True) for k in range(9)] + [(0, 1, B_WINS, 9, 0, True)]
+            + [(1, 2, A_WINS, 10 + k, k % 4, False) for k in range(9)] + [(1, 2, B_WINS, 19, 1, False)])
+    r = report(rows, 3, rounds=50)
+    by = {(x["a"], x["b"]): x for x in r["pairs"]}
+    raw = stats.binomtest(9, 10, 0.5).pvalue
+    assert by[("m0", "m1")]["sign_test_p"] == pytest.approx(raw)
+    assert by[("m0", "m1")]["holm_p"] == pytest.approx(2 * raw) == by[("m1", "m2")]["holm_p"]
+    assert 2 * raw < 0.05 < 3 * raw
+    assert by[("m0", "m2")]["n"] == 0 and by[("m0", "m2")]["sign_test_p"] is None and by[("m0", "m2")]["holm_p"] is None
+
+
+def test_rank_interval_is_what_the_rating_intervals_allow():
+    # a wholly above b and c; b and c overlap; d has no interval (unidentified)
+    lo = [1.0, -0.5, -0.2, np.nan]
+    hi = [2.0, 0.1, 0.4, np.nan]
+    best, worst = pw.rank_interval_from_intervals(lo, hi)
+    np.testing.assert_array_equal(best[:3], [1, 2, 2])
+    np.testing.assert_array_equal(worst[:3], [1, 3, 3])
+    assert np.isnan(best[3]) and np.isnan(worst[3])
+    # an interval that overlaps every other one can hold any rank
+    best, worst = pw.rank_interval_from_intervals([-0.48, -0.3, 0.0, 0.1], [0.2, 0.3, 0.5, 0.6])
+    assert (best[0], worst[0]) == (1, 4)
+    # in a report: the rank interval comes from the checkpoint's own rating intervals
+    _, a, b, o, p, an, left = synthetic(K=4, n=800, tie_p=0.2)
+    r = pw.pairwise_report(list("abcd"), a, b, o, p, an, left, rounds=200)
+    rat = r["bradley_terry"]["ratings"]
+    for key, ci in (("rank_interval_prompt", "theta_ci_prompt"), ("rank_interval_vote", "theta_ci_vote")):
+        best, worst = pw.rank_interval_from_intervals([x[ci][0] for x in rat], [x[ci][1] for x in rat])
+        assert [x[key] for x in rat] == [[bb, ww] for bb, ww in zip(best, worst)]
+        assert all(float(v).is_integer() for x in rat for v in x[key])  # whole ranks
+
+
+def test_bootstrap_p_by_hand():
+    # 9 rounds: 2 at or below 0.5 (one exactly), 8 at or above -> 2 x (2 + 1) / 10
+    s = np.array([[0.4], [0.5], [0.6], [0.6], [0.7], [0.7], [0.8], [0.9], [0.55]])
+    assert pw.bootstrap_p(s)[0] == pytest.approx(2 * 3 / 10)
+    assert pw.bootstrap_p(np.full((5, 1), 0.5))[0] == 1.0  # all on the null: capped at 1
+    assert pw.bootstrap_p(np.full((99, 1), 0.9))[0] == pytest.approx(2 / 100)  # never 0
+    assert np.isnan(pw.bootstrap_p(np.full((4, 1), np.nan))[0])
+    with_nan = np.array([[0.9], [np.nan], [0.8]])  # NaN rounds are left out: R = 2
+    assert pw.bootstrap_p(with_nan)[0] == pytest.approx(2 / 3)
+
+
+def clustered(prompts_for_a: int, prompts_for_b: int, votes: int, annotators: int = 12):
+    """Each prompt swept by one side: A wins every vote on the first prompts, B on the rest."""
+    rows, k = [], 0
+    for prompt in range(prompts_for_a + prompts_for_b):
+        for _ in range(votes):
+            rows.append((0, 1, A_WINS if prompt < prompts_for_a else B_WINS, prompt, k % annotators, k % 2 == 0))
+            k += 1
+    return rows
+
+
+def test_verdict_follows_the_prompt_bootstrap_not_the_vote_count():
+    """8 prompts swept by A and 4 by B, 10 votes each: 80-40 makes the sign test tiny (p < 0.001)
+    though only 12 prompts decide; the prompt bootstrap says not distinguishable. 40 prompts
+    for A and 2 for B is a clear result either way."""
+    r = report(clustered(8, 4, 10), 2, rounds=1000)
+    (pair,) = r["pairs"]
+    assert pair["sign_test_p"] < 0.001 and (pair["prompts"], pair["annotators"]) == (12, 12)
+    assert pair["bootstrap_p"] > 0.05 and pair["bootstrap_holm_p"] == pair["bootstrap_p"]
+    lo, hi = pair["bootstrap_prompt"]
+    assert lo < 0.5 < hi and pair["verdict"] == "not distinguishable"
+    clear = report(clustered(40, 2, 3), 2, rounds=1000)["pairs"][0]
+    assert clear["bootstrap_p"] <= 2 / 1001 and clear["verdict"] == "a better"
+    assert clear["bootstrap_prompt"][0] > 0.5
+    flipped = report([(1, 0, o, p, a, left) for (_, _, o, p, a, left) in clustered(40, 2, 3)], 2, rounds=1000)
+    assert flipped["pairs"][0]["verdict"] == "b better"
+
+
+def test_few_clusters_give_no_cluster_interval_and_no_verdict():
+    """A pilot: 8 prompts, 3 annotators. Wilson is shown; the cluster intervals and the
+    bootstrap test are not (null), and the verdict says why."""
+    r = report(clustered(6, 2, 12, annotators=3), 2, rounds=1000)
+    (pair,) = r["pairs"]
+    assert (pair["prompts"], pair["annotators"]) == (8, 3)
+    assert pair["bootstrap_prompt"] == [None, None] and pair["bootstrap_annotator"] == [None, None]
+    assert pair["bootstrap_p"] is None and pair["bootstrap_holm_p"] is None
+    assert pair["verdict"] == "too few prompts" and None not in pair["wilson"]
+    untested = report([(0, 1, A_WINS, 0, 0, True)], 3, rounds=100)
+    assert [p["verdict"] for p in untested["pairs"]] == ["too few prompts", "not compared", "not compared"]
+
+
+def test_bootstrap_holm_is_over_the_pairs_it_can_test():
+    rows = clustered(30, 5, 2) + [(1, 2, o, 100 + p, a, left) for (_, _, o, p, a, left) in clustered(25, 10, 2)]
+    r = report(rows, 3, rounds=1000)
+    by = {(x["a"], x["b"]): x for x in r["pairs"]}
+    tested = [by[("m0", "m1")], by[("m1", "m2")]]
+    np.testing.assert_allclose([x["bootstrap_holm_p"] for x in tested], pw.holm([x["bootstrap_p"] for x in tested]))
+    assert by[("m0", "m2")]["bootstrap_holm_p"] is None and by[("m0", "m2")]["verdict"] == "not compared"

@@ -50,6 +50,9 @@ ELO_SCALE = 400.0 / math.log(10.0)
 ELO_ANCHOR = 1000.0
 # Distance (log-odds) between a separated component and the core: 100:1 odds, 800 Elo points.
 SEPARATION_GAP = math.log(100.0)
+# A cluster bootstrap over fewer clusters than this is not reported: with a handful of prompts
+# or annotators the percentile interval is narrow for lack of clusters, not for certainty.
+MIN_CLUSTERS = 10
 _NEWTON_MAX_STEP = 2.0
 
 
@@ -330,6 +333,23 @@ def ranks_from_theta(theta: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(t), np.nan, r)
 
 
+def rank_interval_from_intervals(lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    """The ranks each checkpoint can hold given the rating intervals [lo, hi], with ranks as in
+    ``ranks_from_theta`` (1 + the number of checkpoints rated strictly higher): at best 1 + the
+    number whose interval lies wholly above its own (surely higher), at worst 1 + the number
+    whose upper end is above its lower end (possibly higher). A checkpoint without an interval
+    (unidentified) gets NaN, and is not counted as higher than anyone."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    known = np.isfinite(lo) & np.isfinite(hi)
+    others = ~np.eye(lo.size, dtype=bool) & known[None, :]  # [k, j]: j is another checkpoint with an interval
+    with np.errstate(invalid="ignore"):
+        surely = (lo[None, :] > hi[:, None]) & others
+        possibly = (hi[None, :] > lo[:, None]) & others
+    best = 1.0 + surely.sum(axis=1)
+    worst = 1.0 + possibly.sum(axis=1)
+    return np.where(known, best, np.nan), np.where(known, worst, np.nan)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bootstraps
 # ----------------------------------------------------------------------------------------------
@@ -371,6 +391,30 @@ def _winrate_from_W(W: np.ndarray, iu, ju):
     tot = wins + W[..., ju, iu]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(tot > 0, wins / np.where(tot > 0, tot, 1.0), np.nan)
+
+
+def bootstrap_p(samples: np.ndarray, null: float = 0.5) -> np.ndarray:
+    """Two-sided percentile-bootstrap p-values of ``null`` per column (rounds on axis 0, NaN
+    rounds left out): twice the smaller share of rounds on either side of it, each share
+    counted (k + 1) / (R + 1) so that no p is 0; at most 1. The smallest p at which the
+    percentile interval excludes ``null``: p <= alpha exactly when the (1 - alpha) interval
+    lies on one side of it (up to the +1)."""
+    s = np.asarray(samples, dtype=float)
+    valid = ~np.isnan(s)
+    rounds = valid.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        below = ((s <= null) & valid).sum(axis=0)
+        above = ((s >= null) & valid).sum(axis=0)
+    p = np.minimum(1.0, 2.0 * (np.minimum(below, above) + 1.0) / (rounds + 1.0))
+    return np.where(rounds > 0, p, np.nan)
+
+
+def _distinct_per_pair(pair_of_vote: np.ndarray, ids, n_pairs: int):
+    """How many distinct ids (prompts, annotators) each pair's comparisons come from."""
+    if ids is None:
+        return np.full(n_pairs, np.nan)
+    combos = np.unique(np.stack([pair_of_vote, np.asarray(ids, dtype=np.int64)]), axis=1)
+    return np.bincount(combos[0], minlength=n_pairs).astype(float)
 
 
 def _interval(samples: np.ndarray, confidence: float):
@@ -431,8 +475,12 @@ def pairwise_report(models: Sequence[str], model_a, model_b, outcome, prompt, an
     with np.errstate(invalid="ignore", divide="ignore"):
         wr = np.where(n_pair > 0, s_pair / np.where(n_pair > 0, n_pair, 1), np.nan)
     w_lo, w_hi = wilson_interval(s_pair, n_pair, confidence)
-    p_sign = np.array([sign_test(a, b) for a, b in zip(wins_i, wins_j)])
-    p_holm = holm(p_sign)
+    # Only pairs with a decisive comparison are tested: a pair never compared, or only tied,
+    # has no sign test (None) and is not in Holm's family (it would only make it larger).
+    tested = (wins_i + wins_j) > 0
+    p_sign = np.array([sign_test(a, b) if t else np.nan for a, b, t in zip(wins_i, wins_j, tested)])
+    p_holm = np.full(p_sign.size, np.nan)
+    p_holm[tested] = holm(p_sign[tested])
 
     # --- bootstraps (independent child streams of one seed)
     ss = np.random.SeedSequence(seed)
@@ -461,14 +509,40 @@ def pairwise_report(models: Sequence[str], model_a, model_b, outcome, prompt, an
 
     tp_lo, tp_hi = _interval(theta_p, confidence)
     tv_lo, tv_hi = _interval(theta_v, confidence)
-    rk_p, rk_v = ranks_from_theta(theta_p), ranks_from_theta(theta_v)
-    rkp_lo, rkp_hi = _interval(rk_p, confidence)
-    rkv_lo, rkv_hi = _interval(rk_v, confidence)
+    rkp_lo, rkp_hi = rank_interval_from_intervals(tp_lo, tp_hi)
+    rkv_lo, rkv_hi = rank_interval_from_intervals(tv_lo, tv_hi)
     wrp_lo, wrp_hi = _interval(wr_p, confidence)
     if wr_a is not None:
         wra_lo, wra_hi = _interval(wr_a, confidence)
     else:
         wra_lo = wra_hi = np.full(iu.size, np.nan)
+
+    # Clusters behind each pair, and the significance that respects them: the paired bootstrap
+    # over prompts (SPEC 3), Holm-corrected across the pairs it can test. A cluster interval
+    # over fewer than MIN_CLUSTERS clusters is left out (None), and so is its test.
+    pair_id = np.full((K, K), -1, dtype=np.int64)
+    pair_id[iu, ju] = np.arange(iu.size)
+    pair_of_vote = pair_id[np.minimum(bt.a, bt.b), np.maximum(bt.a, bt.b)]
+    n_prompts = _distinct_per_pair(pair_of_vote, bt.prompt, iu.size)
+    n_annotators = _distinct_per_pair(pair_of_vote, bt.annotator, iu.size)
+    enough_prompts = n_prompts >= MIN_CLUSTERS
+    enough_annotators = n_annotators >= MIN_CLUSTERS
+    wrp_lo, wrp_hi = np.where(enough_prompts, wrp_lo, np.nan), np.where(enough_prompts, wrp_hi, np.nan)
+    wra_lo, wra_hi = np.where(enough_annotators, wra_lo, np.nan), np.where(enough_annotators, wra_hi, np.nan)
+    p_boot = np.where(enough_prompts & (n_pair > 0), bootstrap_p(wr_p), np.nan)
+    boot_tested = ~np.isnan(p_boot)
+    p_boot_holm = np.full(p_boot.size, np.nan)
+    p_boot_holm[boot_tested] = holm(p_boot[boot_tested])
+    alpha = 1.0 - confidence
+
+    def verdict(p: int) -> str:
+        if n_pair[p] == 0:
+            return "not compared"
+        if not enough_prompts[p]:
+            return "too few prompts"
+        if p_boot_holm[p] <= alpha:
+            return "a better" if wr[p] > 0.5 else "b better"
+        return "not distinguishable"
     rank = ranks_from_theta(theta)
 
     def elo(t):
@@ -492,7 +566,9 @@ def pairwise_report(models: Sequence[str], model_a, model_b, outcome, prompt, an
             "a": models[i], "b": models[j], "n": n_pair[p], "wins_a": wins_i[p], "wins_b": wins_j[p],
             "ties": ties[p], "win_rate_a": wr[p], "wilson": [w_lo[p], w_hi[p]],
             "bootstrap_prompt": [wrp_lo[p], wrp_hi[p]], "bootstrap_annotator": [wra_lo[p], wra_hi[p]],
+            "prompts": n_prompts[p], "annotators": n_annotators[p],
             "sign_test_p": p_sign[p], "holm_p": p_holm[p],
+            "bootstrap_p": p_boot[p], "bootstrap_holm_p": p_boot_holm[p], "verdict": verdict(p),
         })
     with np.errstate(invalid="ignore", divide="ignore"):
         N = W + W.T
@@ -536,7 +612,19 @@ def pairwise_report(models: Sequence[str], model_a, model_b, outcome, prompt, an
                      f"elo = {ELO_ANCHOR:g} + 400/ln10 * theta",
             "separation": f"non-core strongly connected components placed {SEPARATION_GAP:.4g} log-odds "
                           "per layer above/below the core (status above/below), else unidentified (null)",
-            "sign_test": "exact two-sided binomial, ties excluded; Holm step-down across pairs",
+            "rank_interval": "the ranks a checkpoint can hold given the rating intervals: from 1 + the number "
+                             "of checkpoints whose interval lies wholly above its own (surely higher) to 1 + "
+                             "the number whose upper end is above its lower end (possibly higher)",
+            "sign_test": "exact two-sided binomial over single votes, ties excluded (votes on one prompt are "
+                         "not independent: descriptive); Holm step-down across the pairs with at least one "
+                         "decisive comparison (a pair never compared, or only tied, is not tested)",
+            "bootstrap_test": "paired bootstrap over prompts: two-sided percentile-bootstrap p of win rate 0.5, "
+                              "(k + 1) / (R + 1) per side; Holm step-down across the pairs with at least "
+                              f"{MIN_CLUSTERS} prompts",
+            "verdict": f"'a better' or 'b better' when the Holm-corrected prompt-bootstrap p is at most "
+                       f"1 - confidence; 'not distinguishable' otherwise; 'too few prompts' under {MIN_CLUSTERS}",
+            "min_clusters": f"cluster intervals over fewer than {MIN_CLUSTERS} prompts or annotators are not "
+                            "reported (null)",
             "position_bias": "left side's win rate, ties half, Wilson interval",
         },
     })

@@ -3,7 +3,9 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate.services.exports import ExportError, study_find
-from annotate.services.reports import DEFAULT_ROUNDS, DEFAULT_SEED, ReportError, report_render, study_report_data
+from annotate.services.reports import (
+    DEFAULT_ROUNDS, DEFAULT_SEED, MAX_ROUNDS, MIN_ROUNDS, ReportError, report_render, rounds_check, study_report_data,
+)
 
 
 class Command(BaseCommand):
@@ -13,7 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("study", help="the study's public id, id or exact name")
         parser.add_argument("--format", choices=["html", "csv", "json"], default="html")
         parser.add_argument("--out", required=True, help="file to write, or - for standard output")
-        parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="bootstrap rounds")
+        parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"bootstrap rounds, {MIN_ROUNDS:,} to {MAX_ROUNDS:,}")
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
 
     def handle(self, *args, **options):
@@ -22,6 +24,7 @@ class Command(BaseCommand):
         except ExportError as exc:
             raise CommandError(str(exc)) from exc
         try:
+            rounds_check(options["rounds"])
             content = report_render(study_report_data(study=study, rounds=options["rounds"], seed=options["seed"]),
                                     options["format"])
         except ReportError as exc:
