@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 import numpy as np
 from django.db import connection
-from django.db.models import Aggregate, Case, Count, FloatField, IntegerField, Q, Sum, Value, When
+from django.db.models import Aggregate, Case, Count, F, FloatField, IntegerField, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 
@@ -121,6 +121,32 @@ def eta_hours(progress: StudyProgress, pace: JudgmentsPerHour) -> float | None:
     if pace.rate_per_hour <= 0:
         return None
     return progress.remaining / pace.rate_per_hour
+
+
+# --------------------------------------------------------------------------- flagged judgments
+
+
+@dataclass(frozen=True)
+class FlaggedJudgments:
+    """Judgments of annotators the gold check paused: kept, counted in the progress (their
+    slots are taken), but not in reports. ``items_short`` items hold fewer counted judgments
+    than the redundancy because of them."""
+
+    judgments: int
+    annotators: int
+    items_short: int
+
+
+def study_flagged(study: Study) -> FlaggedJudgments:
+    """One aggregate; a second query (over the items with a flagged judgment) only when there are any."""
+    row = Judgment.objects.filter(item__study_id=study.pk, is_flagged=True).aggregate(
+        n=Count("pk"), annotators=Count("annotator", distinct=True))
+    if not row["n"]:
+        return FlaggedJudgments(judgments=0, annotators=0, items_short=0)
+    short = (StudyItem.objects.filter(study_id=study.pk, is_gold=False, judgment_count__gte=study.redundancy,
+                                      judgments__is_flagged=True)
+             .annotate(flagged=Count("judgments")).filter(judgment_count__lt=F("flagged") + study.redundancy).count())
+    return FlaggedJudgments(judgments=row["n"], annotators=row["annotators"], items_short=short)
 
 
 # --------------------------------------------------------------------------- skips

@@ -50,6 +50,7 @@ def _study_page(request, study: Study, *, status: int = 200, **extra):
         "eta": None if eta is None else format_duration(eta) if eta > 0 else "",
         "annotators": sel.study_annotator_table(study),
         "skips": sel.study_skips(study),
+        "flagged": sel.study_flagged(study),
         "agreement_min_items": sel.AGREEMENT_MIN_ITEMS,
         "reports": sel.study_recent_reports(study),
         "report_formats": Report.Format.choices,

@@ -135,6 +135,45 @@ def _import_numbers(prompt_ids: set[int]) -> dict[int, int]:
     return numbers
 
 
+NOT_SCORED, PARTLY_SCORED = "not scored", "partly scored"
+
+
+def _fully_scored(prompt_ids: list, categories: np.ndarray, scored: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The images of the prompts whose images all have a score (a prompt's metrics rank all of
+    its images: over a subset they would measure something else), and per category the prompts
+    left out: {category: {"not scored": n, "partly scored": n}}."""
+    per_prompt: dict = defaultdict(list)
+    for k, prompt in enumerate(prompt_ids):
+        per_prompt[prompt].append(k)
+    keep = np.zeros(scored.size, dtype=bool)
+    unscored: dict = defaultdict(lambda: defaultdict(int))
+    for rows in per_prompt.values():
+        got = int(scored[rows].sum())
+        if got == len(rows):
+            keep[rows] = True
+        else:
+            unscored[categories[rows[0]]][NOT_SCORED if got == 0 else PARTLY_SCORED] += 1
+    return keep, unscored
+
+
+def _with_unscored(summaries: list[dict], unscored: dict, figures: list[dict]) -> list[dict]:
+    """Each category's summary with its unscored prompts among the dropped ones, and a summary
+    (nothing kept) for a category none of whose prompts is fully scored."""
+    by_category = {c["category"]: c for c in summaries}
+    out = []
+    for figure in figures:
+        category = figure["category"]
+        summary = by_category.get(category) or {
+            "category": category, "n_prompts": 0, "n_kept": 0, "n_dropped": 0, "dropped": {}, "n_images": 0,
+            "n_positive_images": 0, "means": {}, "n_undefined": {}}
+        extra = {reason: n for reason, n in unscored.get(category, {}).items() if n}
+        summary = {**summary, "dropped": {**summary["dropped"], **extra},
+                   "n_dropped": summary["n_dropped"] + sum(extra.values()),
+                   "n_prompts": summary["n_prompts"] + sum(extra.values())}
+        out.append(summary)
+    return out
+
+
 def tia2_report(*, per_prompt: bool = False, ensembles: list[Ensemble] = ()) -> dict:
     """The report; ``ensembles`` adds a row per ensemble of reward models' TextNorm scores."""
     table = _label_table()
@@ -158,14 +197,17 @@ def tia2_report(*, per_prompt: bool = False, ensembles: list[Ensemble] = ()) -> 
     for ensemble in ensembles:
         columns[ensemble.name] = _ensemble_column(columns, ensemble)
     for name, by_image in columns.items():
-        keep = np.array([i in by_image for i in table["image_ids"].tolist()])
+        scored = np.array([i in by_image for i in table["image_ids"].tolist()])
+        keep, unscored = _fully_scored(table["prompt_ids"], categories, scored)
         ids = table["image_ids"][keep]
         prompts = [p for p, k in zip(table["prompt_ids"], keep) if k]
         result = evaluate(prompts, categories[keep].tolist(), labels[keep],
                           {name: np.array([by_image[i] for i in ids.tolist()])}, tiebreak=ids)
         out = result.to_dict(per_prompt=per_prompt)
+        out["categories"] = _with_unscored(out["categories"], unscored, figures)
         out["score"] = name
-        out["images_scored"] = int(keep.sum())
+        out["images_scored"] = int(scored.sum())
+        out["images_total"] = int(scored.size)
         if per_prompt:
             for prompt in out["prompts"]:
                 prompt["text"] = table["texts"][prompt["prompt"]]
@@ -174,4 +216,5 @@ def tia2_report(*, per_prompt: bool = False, ensembles: list[Ensemble] = ()) -> 
             "protocol": "SPEC.md section 1: positive = at least 2 of 3 labels equal 1; per prompt AUROC "
                         "(ties one half), AUPRC, AP@5/10/25, Spearman and Kendall tau-b against the number "
                         "of positive labels; prompts whose images are all positive or all negative are "
-                        "dropped; means over kept prompts. Score ties are ordered by image id."}
+                        "dropped, and so are prompts not all of whose images have the score ('not scored', "
+                        "'partly scored'); means over kept prompts. Score ties are ordered by image id."}

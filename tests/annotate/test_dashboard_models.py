@@ -466,13 +466,18 @@ def test_the_reward_models_report_is_cached_until_a_score_is_added(client, resea
                                prompt_set=image.prompt.contrastive_sets.get(), value=1.0)
     third = client.get(url).content.decode()
     assert "by a worker" not in third and "minmax s=3" in third
-    assert len(_metrics_rows(third)) == 5
+    # One image scored: a row in each category, with no figures: its prompts are dropped as
+    # partly scored (the image's) or not scored (the rest).
+    assert len(_metrics_rows(third)) == 6
+    new_rows = [row for row in _metrics_rows(third) if "s=3" in row[1]]
+    assert [row[2] for row in new_rows] == ["n/a", "n/a"]
+    assert "partly scored 1, not scored 1" in third and "not scored 2" in third
 
     # A deletion that spares the newest rows is not seen by the key: the button recomputes.
     RewardScore.objects.filter(reward_model=model, variant="textnorm", scale=1.0).delete()
-    assert len(_metrics_rows(client.get(url).content.decode())) == 5
+    assert len(_metrics_rows(client.get(url).content.decode())) == 6
     assert client.post(reverse("reward-models-refresh")).status_code == 302
-    assert len(_metrics_rows(client.get(url).content.decode())) == 3
+    assert len(_metrics_rows(client.get(url).content.decode())) == 4
 
 
 def test_the_reward_models_page_never_computes_in_the_request(client, researcher, settings, monkeypatch):

@@ -465,3 +465,20 @@ def test_skips_by_reason_and_the_items_whose_image_did_not_load_with_missing_fil
     assert reverse("researcher-image", args=[broken.image_b_id]) in table
     assert table.count('class="file-missing"') == 1
 
+
+
+def test_judgments_of_a_paused_annotator_are_said_to_be_left_out_of_reports(client, researcher):
+    users = annotators(3, prefix="f")
+    study = open_rating(members=users, prompts=4, per_prompt=1, checkpoints=("alpha-ckpt",), redundancy=3)
+    for user in users:
+        while answer_next(study, user):
+            pass
+    client.force_login(researcher)
+    assert 'id="flagged"' not in page(client, study).content.decode()
+    assert sel.study_flagged(study) == sel.FlaggedJudgments(0, 0, 0)
+    Judgment.objects.filter(annotator=users[0]).update(is_flagged=True, flag_reason="annotator paused: test")
+    flagged = sel.study_flagged(study)
+    assert flagged == sel.FlaggedJudgments(judgments=4, annotators=1, items_short=4)
+    html = page(client, study).content.decode()
+    assert re.search(r'id="flagged">4 judgments of 1 annotator paused by the gold check are kept and counted above, '
+                     r'but not in reports: 4 items counted complete have fewer than 3 judgments a report counts\.', html)

@@ -62,9 +62,14 @@ def test_tia2_report_reproduces_the_spec_table_and_scores_reward_models(tia2_roo
         assert c["n_kept"] == want["kept"] and c["n_kept"] + c["n_dropped"] == want["prompts"]
         assert c["means"]["oracle raw"]["auroc"] == pytest.approx(1.0)  # ranks by positive labels
     textnorm = next(m for name, m in columns.items() if name.startswith("oracle textnorm"))
-    assert textnorm["images_scored"] == 7500
-    assert [c["category"] for c in textnorm["categories"]] == ["counting"]
-    assert 0.4 < textnorm["categories"][0]["means"][textnorm["score"]]["auroc"] < 0.6  # random scores
+    assert (textnorm["images_scored"], textnorm["images_total"]) == (7500, 27500)
+    tn = {c["category"]: c for c in textnorm["categories"]}
+    assert set(tn) == set(SPEC)  # every category, the unscored ones saying so
+    assert 0.4 < tn["counting"]["means"][textnorm["score"]]["auroc"] < 0.6  # random scores
+    assert "not scored" not in tn["counting"]["dropped"]
+    for category in ("composition", "comprehensive"):
+        assert tn[category]["n_kept"] == 0 and tn[category]["dropped"] == {"not scored": SPEC[category]["prompts"]}
+        assert tn[category]["n_dropped"] == tn[category]["n_prompts"] == SPEC[category]["prompts"]
     prompt = raw["prompts"][0]
     assert prompt["text"] and 0.0 <= prompt["positive_rate"] <= 1.0
     assert sum(not p["kept"] for p in raw["prompts"]) == 550 - 84 - 146 - 295
@@ -72,6 +77,25 @@ def test_tia2_report_reproduces_the_spec_table_and_scores_reward_models(tia2_roo
     text = io.StringIO()
     call_command("tia2_report", stdout=text)
     assert "oracle raw" in text.getvalue() and "0.614" in text.getvalue() and "dropped" in text.getvalue()
+
+    # Some TextNorm scores go missing: a prompt with only part of its images scored is dropped
+    # ("partly scored"), not ranked over the images that happen to have a score.
+    kept_before = tn["counting"]["n_kept"]
+    victims = [p for p in full["reward_models"][0]["prompts"] if p["category"] == "counting" and p["kept"]][:3]
+    first = Image.objects.filter(prompt_id__in=[v["prompt"] for v in victims]).order_by("prompt_id", "id")
+    doomed = [ids[0] for ids in _by_prompt(first)]
+    RewardScore.objects.filter(image_id__in=doomed, variant="textnorm").delete()
+    again = {m["score"]: m for m in report()["reward_models"]}[textnorm["score"]]
+    counting_now = next(c for c in again["categories"] if c["category"] == "counting")
+    assert counting_now["dropped"]["partly scored"] == 3 and counting_now["n_kept"] == kept_before - 3
+    assert again["images_scored"] == 7500 - 3
+
+
+def _by_prompt(images) -> list[list[int]]:
+    out: dict = {}
+    for image in images:
+        out.setdefault(image.prompt_id, []).append(image.id)
+    return list(out.values())
 
 
 @pytest.mark.django_db

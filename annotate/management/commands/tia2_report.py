@@ -47,12 +47,12 @@ class Command(BaseCommand):
         if not report["reward_models"]:
             w("\nNo reward scores on TIA2 images yet (python manage.py score_images --dataset tia2-<category> ...).")
         for model in report["reward_models"]:
-            w(f"\n{model['score']}  ({model['images_scored']} images scored)")
+            w(f"\n{model['score']}  ({model['images_scored']} of {model['images_total']} images scored)")
             w(f"{'category':<15}{'kept':>5}{'dropped':>8}" + "".join(f"{m:>9}" for m in METRICS))
             for c in model["categories"]:
-                means = c["means"][model["score"]]
+                means = c["means"].get(model["score"], {})
                 w(f"{c['category']:<15}{c['n_kept']:>5}{c['n_dropped']:>8}"
-                  + "".join(f"{_f(means[m]):>9}" for m in METRICS))
+                  + "".join(f"{_f(means.get(m)):>9}" for m in METRICS))
             for c in model["categories"]:
                 if c["dropped"]:
                     reasons = ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items())
