@@ -14,7 +14,7 @@ from django.utils import timezone as dj_timezone
 from annotate.models import Judgment, Report, Study
 from annotate.services.enqueue import enqueue_after_commit
 from workers.stats.agreement import agreement_report, rating_matrix
-from workers.stats.pairwise import A_WINS, B_WINS, TIE, json_ready, pairwise_report, wilson_interval
+from workers.stats.pairwise import A_WINS, B_WINS, MIN_CLUSTERS, TIE, json_ready, pairwise_report, wilson_interval
 
 DEFAULT_ROUNDS = 1000
 # The SPEC's floor for the bootstrap intervals of a report anyone reads.
@@ -113,33 +113,35 @@ def _pairwise(study: Study, counted, rounds: int, seed: int) -> dict:
     return out
 
 
-def _rating(counted) -> dict:
-    """Per checkpoint: the share of its images judged aligned, with a Wilson interval. On the
-    1-5 scale a 3 is neither: left out, and counted as such."""
-    per: dict = {}
+def _rating(counted, rounds: int, seed: int) -> dict:
+    """Per checkpoint: the share of its images judged aligned, with a Wilson and a prompt
+    bootstrap interval; per pair of checkpoints, the difference with its interval and verdict
+    (workers.stats.rating). On the 1-5 scale a 3 is neither: left out, and counted as such."""
+    from workers.stats.rating import rating_report
+
     neutral: dict = {}
+    kept = []
     for r in counted:
         name = r[9] or "imported"
         answer = _answer(r)
         if answer == "unsure":
             neutral[name] = neutral.get(name, 0) + 1
-            continue
-        n, yes = per.get(name, (0, 0))
-        per[name] = (n + 1, yes + (answer == "aligned"))
-    rows = []
-    for name in sorted(set(per) | set(neutral)):
-        n, yes = per.get(name, (0, 0))
-        low, high = wilson_interval(np.array([float(yes)]), np.array([float(n)])) if n else ([None], [None])
-        rows.append({"model": name, "n": n, "aligned": yes, "aligned_rate": yes / n if n else None,
-                     "neutral_left_out": neutral.get(name, 0),
-                     "wilson": [None if low[0] is None else float(low[0]), None if high[0] is None else float(high[0])]})
-    return {"checkpoints": rows, "neutral_left_out": sum(neutral.values())}
+        else:
+            kept.append((name, answer == "aligned", r[7]))
+    names = sorted({name for name, _, _ in kept} | set(neutral))
+    index = {name: k for k, name in enumerate(names)}
+    out = rating_report(names, [index[x[0]] for x in kept], [x[1] for x in kept], [x[2] for x in kept],
+                        rounds=rounds, seed=seed)
+    for row in out["checkpoints"]:
+        row["neutral_left_out"] = neutral.get(row["model"], 0)
+    out["neutral_left_out"] = sum(neutral.values())
+    return out
 
 
 def _warnings(study: Study, counted, data: dict) -> list[str]:
     """What a reader must know before trusting the figures: an open study, judgments missing
     against the target, items with fewer counted judgments than the redundancy, few prompts
-    or annotators behind a pair."""
+    or annotators behind a pair or a checkpoint, Likert 3s left out."""
     notes = []
     if study.status != Study.Status.CLOSED:
         notes.append(f"The study is {study.status}: the figures will change as judgments come in.")
@@ -153,8 +155,6 @@ def _warnings(study: Study, counted, data: dict) -> list[str]:
                      f"(not yet judged, or judgments of flagged annotators excluded).")
     pairwise = data.get("pairwise")
     if pairwise:
-        from workers.stats.pairwise import MIN_CLUSTERS
-
         few = [p for p in pairwise["pairs"] if p["n"] and (p["prompts"] or 0) < MIN_CLUSTERS]
         if few:
             notes.append(f"{len(few)} pair{'s' if len(few) > 1 else ''} rest on fewer than {MIN_CLUSTERS} prompts: "
@@ -162,8 +162,15 @@ def _warnings(study: Study, counted, data: dict) -> list[str]:
                          "(it treats every vote as independent).")
         if (pairwise["inputs"].get("annotators") or 0) < MIN_CLUSTERS:
             notes.append(f"Fewer than {MIN_CLUSTERS} annotators: no annotator-bootstrap interval.")
-    if data.get("rating") and data["rating"]["neutral_left_out"]:
-        notes.append(f"{data['rating']['neutral_left_out']} answers of 3 (neither) on the 1-5 scale are left out "
+    rating = data.get("rating")
+    if rating:
+        few = [c for c in rating["checkpoints"] if c["n"] and c["prompts"] < MIN_CLUSTERS]
+        if few:
+            notes.append(f"{len(few)} checkpoint{'s' if len(few) > 1 else ''} rest on fewer than {MIN_CLUSTERS} "
+                         "prompts: no prompt-bootstrap interval or verdict for them; read the Wilson interval "
+                         "with care (it treats every answer as independent).")
+    if rating and rating["neutral_left_out"]:
+        notes.append(f"{rating['neutral_left_out']} answers of 3 (neither) on the 1-5 scale are left out "
                      "of the aligned rates.")
     return notes
 
@@ -186,7 +193,7 @@ def study_report_data(*, study: Study, rounds: int = DEFAULT_ROUNDS, seed: int =
     if study.kind == Study.Kind.PAIRWISE:
         data["pairwise"] = _pairwise(study, counted, rounds, seed) if counted else None
     else:
-        data["rating"] = _rating(counted)
+        data["rating"] = _rating(counted, rounds, seed)
     data = json_ready(data)
     data["warnings"] = _warnings(study, counted, data)
     return data
