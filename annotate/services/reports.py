@@ -183,7 +183,11 @@ def study_report_data(*, study: Study, rounds: int = DEFAULT_ROUNDS, seed: int =
     rows, counted, excluded = _judgments(study)
     data = {
         "study": {"name": study.name, "public_id": str(study.public_id), "kind": study.kind,
-                  "status": study.status, "redundancy": study.redundancy, "items": study.items.count()},
+                  "status": study.status, "redundancy": study.redundancy, "items": study.items.count(),
+                  # What it takes to reproduce the figures: the prompts and the exact weights.
+                  "dataset": study.dataset.name if study.dataset_id else None,
+                  "checkpoints": [{"name": c.name, "backend": c.backend, "fingerprint": c.fingerprint}
+                                  for c in study.checkpoints.order_by("name")]},
         "inputs": {"judgments": len(rows), "judgments_counted": len(counted), "excluded": excluded,
                    "bootstrap_rounds": rounds, "seed": seed,
                    "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
