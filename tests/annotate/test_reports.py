@@ -50,6 +50,17 @@ def test_pairwise_report_counts_in_the_items_terms_and_states_its_inputs():
     # Everyone picks alpha's image, which is A on some items and B on others: perfect agreement.
     assert data["agreement"]["fleiss_kappa"]["value"] == pytest.approx(1.0)
     json.dumps(data)  # JSON-ready: no NaN or numpy types
+    assert data["study"]["dataset"] == study.dataset.name
+    assert [c["name"] for c in data["study"]["checkpoints"]] == ["alpha-ckpt", "beta-ckpt"]
+    assert set(data["study"]["checkpoints"][0]) == {"name", "backend", "fingerprint"}
+    from annotate.services.reports import report_render
+
+    shown = json.loads(json.dumps(data))
+    shown["study"]["checkpoints"][0]["fingerprint"] = "0123456789abcdef" * 4
+    provenance = re.search(r'<p class="muted" id="provenance">(.*?)</p>', report_render(shown, "html").decode(), re.S)
+    assert provenance and " ".join(provenance.group(1).split()) == (
+        f"Dataset {study.dataset.name} · checkpoints: alpha-ckpt (procedural, weights 0123456789ab), "
+        "beta-ckpt (procedural)")
     # What a reader must know first: open, every item short of its redundancy (the flagged
     # annotator's third judgment is excluded), 6 prompts and 3 annotators behind the pair.
     warnings = data["warnings"]
@@ -78,11 +89,13 @@ def test_report_formats_are_self_contained_and_agree():
     assert not re.search(r"(src|href)=|https?://|@import|url\(", html)  # nothing is fetched
     assert "alpha-ckpt" in html and "<script" not in html
     rows = list(csv.reader(io.StringIO(report_render(data, "csv").decode())))
-    header = rows.index(["a", "b", "n", "wins_a", "wins_b", "ties", "win_rate_a", "wilson_low", "wilson_high",
-                         "prompt_bootstrap_low", "prompt_bootstrap_high", "sign_test_p", "holm_p"])
+    header = rows.index(["a", "b", "verdict", "n", "prompts", "annotators", "wins_a", "wins_b", "ties", "win_rate_a",
+                         "wilson_low", "wilson_high", "prompt_bootstrap_low", "prompt_bootstrap_high",
+                         "annotator_bootstrap_low", "annotator_bootstrap_high", "bootstrap_p", "bootstrap_holm_p",
+                         "sign_test_p", "sign_test_holm_p"])
     pair = data["pairwise"]["pairs"][0]
-    assert rows[header + 1][:6] == [pair["a"], pair["b"], str(pair["n"]), str(pair["wins_a"]),
-                                    str(pair["wins_b"]), str(pair["ties"])]
+    assert rows[header + 1][:9] == [pair["a"], pair["b"], pair["verdict"], *(str(int(pair[k])) for k in (
+        "n", "prompts", "annotators", "wins_a", "wins_b", "ties"))]
     assert json.loads(report_render(data, "json")) == data
     with pytest.raises(ReportError, match="format"):
         report_render(data, "pdf")
@@ -193,7 +206,9 @@ def test_the_overview_builds_a_report_and_links_its_download(client, django_capt
     assert download.status_code == 200 and b"<svg" in b"".join(download.streaming_content)
 
 
-def test_a_likert_report_counts_the_threes_it_leaves_out_and_gold_rows_name_excluded_annotators():
+def likert_study():
+    """A 1-5 study: alpha's images get 5s and 4s; beta's a 3 from one annotator (left out) and a
+    1 from the other."""
     users = annotators(2)
     study = open_rating(members=users, prompts=3, per_prompt=1, redundancy=2, rating_scale="likert5")
     for user, score_of in ((users[0], lambda name: 5 if name == "alpha-ckpt" else 3),
@@ -201,7 +216,11 @@ def test_a_likert_report_counts_the_threes_it_leaves_out_and_gold_rows_name_excl
         while (lease := assignment_next(study=study, annotator=user)) is not None:
             judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, client_id=uuid.uuid4(),
                             choice="score", score=score_of(lease.item.image_a.checkpoint.name))
-    data = study_report_data(study=study)
+    return study
+
+
+def test_a_likert_report_counts_the_threes_it_leaves_out_and_gold_rows_name_excluded_annotators():
+    data = study_report_data(study=likert_study())
     rows = {r["model"]: r for r in data["rating"]["checkpoints"]}
     assert (rows["alpha-ckpt"]["n"], rows["alpha-ckpt"]["aligned"], rows["alpha-ckpt"]["neutral_left_out"]) == (6, 6, 0)
     assert (rows["beta-ckpt"]["n"], rows["beta-ckpt"]["aligned"], rows["beta-ckpt"]["neutral_left_out"]) == (3, 0, 3)
