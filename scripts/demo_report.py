@@ -1,7 +1,7 @@
 """A report of the demo's pairwise study, answered by simulated annotators who prefer the
 image that matches its prompt (the procedural ground truth), in a throwaway database.
 
-    .venv/bin/python scripts/demo_report.py --out /tmp/demo-report.html [--annotators 5]
+    .venv/bin/python scripts/demo_report.py --out /tmp/demo-report.html [--annotators 12]
 
 For the README's screenshot (scripts/screenshots.py --report PATH) and to see a report
 without running a study.
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--annotators", type=int, default=5)
+    parser.add_argument("--annotators", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="calibra-demo-report-"))
@@ -40,7 +40,7 @@ def main() -> None:
     from annotate.services.annotation import AnnotatorPaused, assignment_next, judgment_submit
     from annotate.services.demo import demo_seed
     from annotate.services.reports import report_render, study_report_data
-    from annotate.services.studies import study_add_members
+    from annotate.services.studies import study_add_members, study_close
 
     demo_seed()
     study = Study.objects.get(kind="pairwise")
@@ -55,6 +55,7 @@ def main() -> None:
             answer_all(study, user, truth, rng, assignment_next, judgment_submit)
         except AnnotatorPaused:  # the gold checks stopped a careless simulated annotator
             pass
+    study = study_close(study=study)  # done: what a report reader is usually handed
     args.out.write_bytes(report_render(study_report_data(study=study, rounds=1000, seed=args.seed), "html"))
     print(args.out)
 
@@ -62,8 +63,8 @@ def main() -> None:
 def answer_all(study, user, truth, rng, assignment_next, judgment_submit) -> None:
     while (lease := assignment_next(study=study, annotator=user)) is not None:
         a_ok, b_ok = truth[lease.item_id]
-        if a_ok == b_ok or rng.random() < 0.15:  # both right or both wrong, or a careless answer
-            choice = "tie" if rng.random() < 0.6 else rng.choice(["left", "right"])
+        if a_ok == b_ok or rng.random() < 0.1:  # both right or both wrong, or a careless answer
+            choice = "tie" if rng.random() < 0.9 else rng.choice(["left", "right"])
         else:
             choice = "left" if bool(a_ok) == lease.a_on_left else "right"
         judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
