@@ -413,8 +413,13 @@ def _distinct_per_pair(pair_of_vote: np.ndarray, ids, n_pairs: int):
     """How many distinct ids (prompts, annotators) each pair's comparisons come from."""
     if ids is None:
         return np.full(n_pairs, np.nan)
-    combos = np.unique(np.stack([pair_of_vote, np.asarray(ids, dtype=np.int64)]), axis=1)
-    return np.bincount(combos[0], minlength=n_pairs).astype(float)
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return np.zeros(n_pairs)
+    _, dense = np.unique(ids, return_inverse=True)  # 0..G-1: the key below stays small
+    width = int(dense.max()) + 1
+    combos = np.unique(pair_of_vote * width + dense.ravel())
+    return np.bincount(combos // width, minlength=n_pairs).astype(float)
 
 
 def _interval(samples: np.ndarray, confidence: float):
