@@ -1,6 +1,7 @@
 """The REST API for researchers' uploads into a dataset: an image of one of its prompts, or a
 CSV file of prompts. Bodies larger than the limits are refused (413) before they are read."""
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
@@ -59,7 +60,8 @@ class ImageOutput(serializers.ModelSerializer):
                   "url", "created_at"]
 
     def get_url(self, image) -> str:
-        return image.file.url
+        # The researchers' image view: media files are not served as such.
+        return reverse("researcher-image", args=[image.pk])
 
 
 class DatasetImageUploadApi(APIView):

@@ -1,4 +1,5 @@
 """Thin template views: permission check, one selector or service call, render."""
+import functools
 import logging
 import mimetypes
 
@@ -114,6 +115,23 @@ def _token_user(request):
     return found and found[0]
 
 
+def token_accepted(view):
+    """A page view that API clients fetch too (an image URL the API gave them): an
+    ``Authorization: Token <key>`` header signs the request in; a bad token is a 401."""
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            user = _token_user(request)
+            if user is False:
+                return JsonResponse({"detail": "Invalid token."}, status=401, headers={"WWW-Authenticate": "Token"})
+            if user:
+                request.user = user
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+@token_accepted
 def annotate_image(request, study_id, item_id, slot: str):
     """An image of an item the annotator holds or held a lease on, in an open study they are
     a member of; 404 for anything else, so that nothing can be told apart by guessing.
@@ -121,12 +139,7 @@ def annotate_image(request, study_id, item_id, slot: str):
     Signed in (the annotator's page), or with the API's token (a client of the annotator API
     fetches the URLs that next/ gave it): a bad token is a 401, no credentials go to sign-in."""
     if not request.user.is_authenticated:
-        user = _token_user(request)
-        if user is False:
-            return JsonResponse({"detail": "Invalid token."}, status=401, headers={"WWW-Authenticate": "Token"})
-        if user is None:
-            return redirect_to_login(request.get_full_path())
-        request.user = user
+        return redirect_to_login(request.get_full_path())
     study = selectors.annotator_study_get(annotator=request.user, public_id=study_id)
     token = request.GET.get("v")
     image = study and study.status == Study.Status.OPEN and selectors.annotator_image_for_slot(

@@ -14,7 +14,7 @@ from annotate import selectors_models as sel
 from annotate.audit import audit
 from annotate.models import Dataset, WorkerJob
 from annotate.services import jobs as job_services
-from annotate.views import researcher_required
+from annotate.views import researcher_required, token_accepted
 
 # ---- jobs --------------------------------------------------------------------------------
 
@@ -103,6 +103,7 @@ def dataset_gallery(request, dataset_id: int):
     return _gallery(request, sel.ImageSource(dataset=dataset))
 
 
+@token_accepted  # the image upload API's "url"
 @researcher_required
 def researcher_image(request, image_id: int):
     image = sel.image_with_file(image_id=image_id)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from django import forms
 from django.contrib import admin
+from django.urls import reverse
 from django.utils.html import format_html
 
 from annotate import models
@@ -344,4 +345,6 @@ class ReportAdmin(ServiceAddAdmin):
 
     @admin.display(description="file")
     def download(self, report):
-        return format_html('<a href="{}">{}</a>', report.file.url, "download") if report.file else ""
+        # Through the app's download view (researchers only): media files are not served as such.
+        return format_html('<a href="{}">{}</a>', reverse("api-report-download", args=[report.pk]),
+                           "download") if report.file else ""

@@ -3,6 +3,7 @@ page usable (search, filters, no query per row), annotators and strangers kept o
 actions and adds going through the services (jobs run inline after commit in tests)."""
 import csv
 import io
+import re
 import uuid
 from types import SimpleNamespace
 
@@ -451,6 +452,9 @@ def test_adding_a_report_requests_it(world, res_client, django_capture_on_commit
     assert response.status_code == 302
     report = Report.objects.get(format="csv")
     assert (report.status, report.params, report.created_by.username) == ("succeeded", {"rounds": 1000, "seed": 1}, "res")
+    listing = res_client.get(changelist(Report)).content.decode()
+    link = re.search(r'<a href="([^"]+)">download</a>', listing).group(1)
+    assert "/media/" not in link and res_client.get(link).status_code == 200  # media is not served as such
     errors = res_client.post(add_url(Report), {"study": world.study.pk, "format": "csv", "rounds": 999, "seed": 1}
                              ).context["adminform"].form.errors
     assert errors == {"rounds": ["must be between 1,000 and 100,000, not 999"]} and Report.objects.count() == 2

@@ -88,6 +88,14 @@ def test_an_image_is_stored_with_its_row_and_the_same_file_again_adds_nothing(fm
     assert (image.width, image.height, image.size_bytes) == (64, 48, len(content))
     assert Path(media_root, image.file.name).read_bytes() == content
     assert response.json()["sha256"] == image.sha256 and len(image.sha256) == 64
+    from rest_framework.authtoken.models import Token
+
+    script = APIClient()  # the API's client follows the link with its token (media is not served as such)
+    script.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=researcher)[0].key}")
+    served = script.get(response.json()["url"])
+    assert served.status_code == 200 and b"".join(served.streaming_content) == content
+    script.credentials(HTTP_AUTHORIZATION="Token not-a-key")
+    assert script.get(response.json()["url"]).status_code == 401
     again = upload(researcher, prompt, content, seed=7, index=0)
     assert again.status_code == 200 and again.json()["id"] == image.pk
     assert Image.objects.count() == 1 and len(stored_files(media_root)) == 1
