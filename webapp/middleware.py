@@ -183,3 +183,19 @@ def _csp_headers() -> tuple[str, list[tuple[str, str]]]:
 def _csp_setting_changed(setting, **kwargs):
     if setting in ("CALIBRA_CSP", "CALIBRA_CSP_BY_PATH"):
         _csp_headers.cache_clear()
+
+
+class HealthzMiddleware:
+    """``/healthz`` answered before CommonMiddleware validates the Host header: a load
+    balancer or a container healthcheck asks by IP address or 127.0.0.1, whatever
+    ALLOWED_HOSTS says. Nothing else is answered here."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path_info == "/healthz" and request.method in ("GET", "HEAD"):
+            from annotate.views import healthz
+
+            return healthz(request)
+        return self.get_response(request)

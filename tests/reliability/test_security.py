@@ -109,6 +109,11 @@ def test_production_answers_with_the_security_headers(production_security, resea
     plain = client.get("/")
     assert plain.status_code == 301 and plain["Location"] == "https://testserver/"
     assert client.get("/healthz").status_code == 200  # load balancers' checks over HTTP
+    # ... and by address, whatever ALLOWED_HOSTS says (a container healthcheck, a probe by IP);
+    # every other page still refuses a host it does not serve.
+    assert client.get("/healthz", HTTP_HOST="10.0.0.5").status_code == 200
+    assert client.get("/healthz", HTTP_HOST="127.0.0.1:8000").json()["status"] == "ok"
+    assert client.get("/accounts/login/", HTTP_HOST="10.0.0.5", secure=True).status_code == 400
     page = client.get("/", secure=True)
     proxied = client.get("/", HTTP_X_FORWARDED_PROTO="https")  # TLS ends at the proxy
     for response in (page, proxied):
