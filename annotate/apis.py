@@ -86,8 +86,8 @@ class StudyOutput(serializers.ModelSerializer):
         model = Study
         fields = ["id", "public_id", "name", "kind", "status", "question", "instructions", "rating_scale",
                   "redundancy", "gold_share", "gold_min_accuracy", "gold_min_answers", "lease_seconds",
-                  "items_per_annotator", "item_order", "completion_code", "dataset", "checkpoints", "items",
-                  "created_at", "opened_at", "closed_at"]
+                  "items_per_annotator", "item_order", "completion_code", "crowd_link", "dataset", "checkpoints",
+                  "items", "created_at", "opened_at", "closed_at"]
 
 
 class StudyCreateInput(serializers.Serializer):
@@ -107,6 +107,7 @@ class StudyCreateInput(serializers.Serializer):
     items_per_annotator = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False, allow_null=True,
                                                    default=None)  # the column's range on every database
     item_order = serializers.ChoiceField(choices=Study.ItemOrder.choices, default=Study.ItemOrder.CLOSEST_TO_COMPLETION)
+    crowd_link = serializers.BooleanField(default=False, help_text="crowd workers join by /s/<public_id>/?PROLIFIC_PID=...")
     seed = serializers.IntegerField(min_value=0, default=0)
 
 

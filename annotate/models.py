@@ -435,6 +435,9 @@ class Study(models.Model):
         max_length=16, choices=ItemOrder.choices, default=ItemOrder.CLOSEST_TO_COMPLETION
     )
     completion_code = models.CharField(max_length=64, blank=True)
+    # Off: only invited members annotate. On: /s/<public_id>/?PROLIFIC_PID=... makes an account
+    # for each crowd worker who arrives by it (anyone who has the link).
+    crowd_link = models.BooleanField(default=False, help_text="crowd workers join by the study's link")
     # Items are made with the study and never added later; kept so pages need not count them.
     item_count = models.PositiveIntegerField(default=0)
     dataset = models.ForeignKey(

@@ -23,7 +23,7 @@ from annotate.audit import audit
 from annotate.models import Dataset, Report, Study
 from annotate.roles import is_researcher
 from annotate.services.annotation import progress_of
-from annotate.services.studies import StudyError, crowd_worker_join
+from annotate.services.studies import StudyError, crowd_username, crowd_worker_join
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _instructions_html(text: str) -> str:
 @login_required
 def annotate_study(request, study_id):
     study = selectors.annotator_study_get(annotator=request.user, public_id=study_id)
-    if study is None:
+    if study is None or study.status == Study.Status.DRAFT:  # nothing to see before it opens
         raise Http404
     return render(request, "annotate/annotate.html", {
         "study": study, "instructions": _instructions_html(study.instructions),
@@ -164,13 +164,23 @@ def annotate_image(request, study_id, item_id, slot: str):
 
 @never_cache
 def crowd_start(request, study_id):
-    """A crowd study link: ?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=... signs the worker in."""
+    """A crowd study link: ?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=... signs the worker in,
+    for a study whose crowd link is on (404 otherwise: the study's id is no invitation).
+    Someone already signed in as another account stays who they are: a link followed from
+    elsewhere never signs a researcher out."""
     study = get_object_or_404(Study, public_id=study_id)
     worker_id = request.GET.get("PROLIFIC_PID", "")
+    if request.user.is_authenticated and selectors.annotator_study_get(annotator=request.user, public_id=study_id) \
+            and (not worker_id or request.user.username == crowd_username(study, worker_id)):
+        return redirect("annotate-study", study_id=study.public_id)
+    if not study.crowd_link:
+        raise Http404
     if not worker_id:
-        if request.user.is_authenticated and selectors.annotator_study_get(annotator=request.user, public_id=study_id):
-            return redirect("annotate-study", study_id=study.public_id)
         return render(request, "annotate/crowd_error.html", {"error": "This link needs a PROLIFIC_PID."}, status=400)
+    if request.user.is_authenticated:
+        return render(request, "annotate/crowd_error.html", {
+            "error": f"You are signed in as {request.user.username}. Sign out first to take part as a crowd worker."},
+            status=409)
     try:
         user = crowd_worker_join(study=study, worker_id=worker_id, session_id=request.GET.get("SESSION_ID", ""))
     except StudyError as exc:

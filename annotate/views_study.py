@@ -14,7 +14,7 @@ from annotate.charts import column_chart_svg
 from annotate.models import Report, Study, StudyMembership
 from annotate.services.reports import ReportError, report_request
 from annotate.services.studies import (
-    StudyError, membership_pause, membership_resume, study_close, study_open, study_reopen,
+    StudyError, membership_pause, membership_resume, study_close, study_crowd_link_set, study_open, study_reopen,
 )
 from annotate.views import researcher_required
 
@@ -53,6 +53,7 @@ def _study_page(request, study: Study, *, status: int = 200, **extra):
         "flagged": sel.study_flagged(study),
         "agreement_min_items": sel.AGREEMENT_MIN_ITEMS,
         "reports": sel.study_recent_reports(study),
+        "crowd_url": request.build_absolute_uri(reverse("crowd-start", args=[study.public_id])),
         "report_formats": Report.Format.choices,
         **extra,
     }
@@ -95,6 +96,14 @@ def _member_view(action, name: str):
 
     view.__name__ = name
     return view
+
+
+def _crowd_link_on(*, study: Study) -> Study:
+    return study_crowd_link_set(study=study, enabled=True)
+
+
+def _crowd_link_off(*, study: Study) -> Study:
+    return study_crowd_link_set(study=study, enabled=False)
 
 
 def _pause(request, membership: StudyMembership) -> None:
@@ -149,6 +158,8 @@ urlpatterns = [
     path(_STUDY + "open/", _lifecycle_view(study_open, "study_open"), name="study-open"),
     path(_STUDY + "close/", _lifecycle_view(study_close, "study_close"), name="study-close"),
     path(_STUDY + "reopen/", _lifecycle_view(study_reopen, "study_reopen"), name="study-reopen"),
+    path(_STUDY + "crowd-link/on/", _lifecycle_view(_crowd_link_on, "crowd_link_on"), name="study-crowd-link-on"),
+    path(_STUDY + "crowd-link/off/", _lifecycle_view(_crowd_link_off, "crowd_link_off"), name="study-crowd-link-off"),
     path(_MEMBER + "pause/", _member_view(_pause, "membership_pause"), name="study-member-pause"),
     path(_MEMBER + "resume/", _member_view(_resume, "membership_resume"), name="study-member-resume"),
     path(_STUDY + "reports/build/", study_report_build, name="study-report-build"),

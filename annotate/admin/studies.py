@@ -68,7 +68,7 @@ class StudyAddForm(ServiceAddForm):
         model = models.Study
         fields = ["name", "kind", "dataset", "checkpoints", "gold_share", "instructions", "question",
                   "rating_scale", "redundancy", "gold_min_accuracy", "gold_min_answers", "lease_seconds",
-                  "items_per_annotator", "item_order", "completion_code"]
+                  "items_per_annotator", "item_order", "completion_code", "crowd_link"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -81,7 +81,7 @@ class StudyAddForm(ServiceAddForm):
 class StudyAdmin(ServiceAddAdmin):
     list_display = ["name", "kind", "status", "item_count", "items_link", "member_count", "dataset",
                     "created_by", "created_at", "opened_at", "closed_at"]
-    list_filter = ["kind", "status", "dataset", "checkpoints"]
+    list_filter = ["kind", "status", "crowd_link", "dataset", "checkpoints"]
     search_fields = ["name", "question", "completion_code", "=public_id"]
     date_hierarchy = "created_at"
     list_select_related = ["dataset", "created_by"]
@@ -97,7 +97,7 @@ class StudyAdmin(ServiceAddAdmin):
     add_form = StudyAddForm
     add_fields = ("name", "kind", "dataset", "checkpoints", "pairing", "gold_share", "instructions",
                   "question", "rating_scale", "redundancy", "gold_min_accuracy", "gold_min_answers",
-                  "lease_seconds", "items_per_annotator", "item_order", "completion_code")
+                  "lease_seconds", "items_per_annotator", "item_order", "completion_code", "crowd_link")
     service_errors = (studies.StudyError,)
 
     def create(self, request, data):

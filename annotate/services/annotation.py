@@ -75,10 +75,23 @@ def membership_get(*, study: Study, annotator) -> StudyMembership:
         raise NotAMember("you are not a member of this study") from None
 
 
+# The start of the reason the gold check writes; the annotator is not told it (it would say
+# which items are gold, and how they did on them): only a researcher's own reason is shown.
+GOLD_PAUSE_PREFIX = "gold accuracy"
+
+
+def pause_reason_for_annotator(membership: StudyMembership) -> str:
+    reason = membership.paused_reason
+    return "" if reason.startswith(GOLD_PAUSE_PREFIX) else reason
+
+
 def _active_membership(study: Study, annotator, membership: StudyMembership | None) -> StudyMembership:
+    """The annotator's membership, refused when paused or when the study does not take answers."""
     membership = membership or membership_get(study=study, annotator=annotator)
+    if study.status != Study.Status.OPEN:
+        raise StudyNotOpen("this study is not open")
     if membership.is_paused:
-        raise AnnotatorPaused(membership.paused_reason or "you are paused in this study")
+        raise AnnotatorPaused(pause_reason_for_annotator(membership))
     return membership
 
 
@@ -187,7 +200,7 @@ def _record_gold(study: Study, annotator, correct: bool, delta: int = 1) -> None
             and membership.gold_correct / membership.gold_answered < study.gold_min_accuracy):
         membership.is_paused = True
         membership.paused_reason = (
-            f"gold accuracy {membership.gold_correct}/{membership.gold_answered} is below "
+            f"{GOLD_PAUSE_PREFIX} {membership.gold_correct}/{membership.gold_answered} is below "
             f"{study.gold_min_accuracy:.0%}"
         )
         # Flagged, never deleted: the report decides whether to count them.
@@ -298,8 +311,8 @@ def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID
         raise InvalidAnswer(f"reason must be one of {', '.join(Skip.Reason.values)}")
     existing = Skip.objects.filter(annotator=annotator, client_id=client_id).first()
     if existing is not None:
-        return existing, False
-    membership = membership_get(study=study, annotator=annotator)
+        return existing, False  # a resent skip, whatever has changed since
+    membership = _active_membership(study, annotator, None)
     with transaction.atomic():
         item, lease = _locked_item_and_lease(study, annotator, item_public_id)
         if lease is None or lease.state in (Assignment.State.ANSWERED, Assignment.State.SKIPPED):
@@ -320,6 +333,7 @@ def judgment_undo(*, study: Study, annotator, now: datetime | None = None) -> As
     A skip gave its slot back to the item: taking it back takes the slot again, unless the item
     has been given to others since (then it cannot be undone)."""
     now = now or timezone.now()
+    _active_membership(study, annotator, None)
     with transaction.atomic():
         last = (Judgment.objects.filter(item__study=study, annotator=annotator)
                 .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())

@@ -267,13 +267,32 @@ def study_add_members(*, study: Study, usernames: list[str]) -> list[StudyMember
 
 
 @transaction.atomic
+def study_crowd_link_set(*, study: Study, enabled: bool) -> Study:
+    """Let crowd workers join by the study's link, or stop them (those who joined stay members)."""
+    study.crowd_link = bool(enabled)
+    study.save(update_fields=["crowd_link"])
+    audit(None, "study.crowd_link", study, enabled=study.crowd_link)
+    return study
+
+
+class CrowdLinkOff(StudyError):
+    """The study takes invited annotators only."""
+
+
+def crowd_username(study: Study, worker_id: str) -> str:
+    return f"crowd-{study.public_id.hex[:8]}-{worker_id}"
+
+
+@transaction.atomic
 def crowd_worker_join(*, study: Study, worker_id: str, session_id: str = ""):
     """The annotator account of a crowd worker (Prolific-style link), limited to this study."""
+    if not study.crowd_link:
+        raise CrowdLinkOff("this study takes invited annotators only")
     if not worker_id or len(worker_id) > 64 or not worker_id.replace("-", "").replace("_", "").isalnum():
         raise StudyError("PROLIFIC_PID must be 1-64 letters, digits, '-' or '_'")
     if study.status != Study.Status.OPEN:
         raise StudyError("this study is not open")
-    user, created = get_user_model().objects.get_or_create(username=f"crowd-{study.public_id.hex[:8]}-{worker_id}")
+    user, created = get_user_model().objects.get_or_create(username=crowd_username(study, worker_id))
     if created:
         user.set_unusable_password()  # signs in through the study link only
         user.save()

@@ -66,6 +66,7 @@
   function refusal(r) {
     if (r.status === 401) return "signed-out";
     if (r.status === 403) return r.data && r.data.error === "paused" ? "paused" : "signed-out";
+    if (r.status === 409 && r.data && r.data.error === "study_not_open") return "not-open";
     return null;
   }
 
@@ -80,7 +81,7 @@
     task.hidden = true;
     $("done").hidden = true;
     say("");
-    const notice = $(why === "paused" ? "paused" : "signed-out");
+    const notice = $(why === "paused" || why === "not-open" ? why : "signed-out");
     if (why === "paused") $("paused-reason").textContent = detail ? "Reason given: " + detail : "";
     notice.hidden = false;
     const heading = notice.querySelector("h2");
@@ -169,8 +170,18 @@
   if (stacked.addEventListener) stacked.addEventListener("change", altTexts);
   // An image of the item on screen that fails (its file is missing, the connection dropped):
   // say so, in the error colour, and point at the skip that records why.
+  // A failure that passes (a busy server's 503, a dropped connection) is retried twice first.
   document.querySelectorAll("#task img[data-slot]").forEach((img) => img.addEventListener("error", () => {
-    if (stopped || !current || current.done || !img.getAttribute("src")) return;
+    if (stopped || !current || current.done || !img.dataset.url) return;
+    const url = img.dataset.url;
+    const tries = Number(img.dataset.tries || 0);
+    if (tries < 2) {
+      img.dataset.tries = String(tries + 1);
+      setTimeout(() => {
+        if (img.dataset.url === url) img.src = url + (url.includes("?") ? "&" : "?") + "retry=" + (tries + 1);
+      }, 500 * (tries + 1));
+      return;
+    }
     say(sideName(img.dataset.slot) + " did not load. Reload the page, or skip this item with \u201cImage did not load\u201d.", "error");
   }));
 
@@ -204,7 +215,12 @@
     $("done").hidden = true;
     $("task").hidden = false;
     $("prompt").textContent = item.prompt;
-    item.images.forEach((im) => { $("img-" + im.slot).src = im.url; });
+    item.images.forEach((im) => {
+      const img = $("img-" + im.slot);
+      img.dataset.url = im.url;
+      img.dataset.tries = "0";
+      img.src = im.url;
+    });
     altTexts();
     if (item.progress && !progressFromAnswers) progress(item.progress);
     shownAt = performance.now();

@@ -267,6 +267,89 @@ def test_undo_and_skip_over_the_api():
     assert api.get(reverse("api-progress", args=[study.public_id])).json()["skipped"] == 1
 
 
+def _answer_two_and_hold_a_third(study, user):
+    """The member answers an item (their last answer), skips one, and holds a lease on a third."""
+    api = client_for(user)
+    answered = api.post(next_url(study), {}, format="json").json()
+    body = {"item": answered["item"], "client_id": str(uuid.uuid4()), "choice": "left"}
+    assert api.post(submit_url(study), body, format="json").status_code == 201
+    held = api.post(next_url(study), {}, format="json").json()
+    return api, body, held
+
+
+def _writes(study) -> tuple:
+    from annotate.models import Assignment, Skip
+
+    return (Judgment.objects.filter(item__study=study).count(), Skip.objects.filter(item__study=study).count(),
+            Assignment.objects.filter(item__study=study, state="active").count())
+
+
+def test_a_closed_study_takes_no_answer_skip_or_undo_but_a_resent_answer_is_recognised():
+    from annotate.services.studies import study_close
+
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=3, per_prompt=1)
+    api, stored, held = _answer_two_and_hold_a_third(study, user)
+    study_close(study=study)
+    before = _writes(study)
+    for name, body in (("api-submit", {"item": held["item"], "client_id": str(uuid.uuid4()), "choice": "right"}),
+                       ("api-skip", {"item": held["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}),
+                       ("api-undo", {})):
+        refused = api.post(reverse(name, args=[study.public_id]), body, format="json")
+        assert (refused.status_code, refused.json()["error"]) == (409, "study_not_open"), name
+    assert _writes(study) == before
+    again = api.post(submit_url(study), stored, format="json")  # sent before the close, its reply lost
+    assert again.status_code == 200 and _writes(study) == before
+
+
+def test_a_paused_member_can_neither_skip_nor_undo():
+    from annotate.models import StudyMembership
+    from annotate.services.studies import membership_pause
+
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=3, per_prompt=1)
+    api, _, held = _answer_two_and_hold_a_third(study, user)
+    membership_pause(membership=StudyMembership.objects.get(study=study, annotator=user), reason="")
+    before = _writes(study)
+    skip = api.post(reverse("api-skip", args=[study.public_id]),
+                    {"item": held["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
+    undo = api.post(reverse("api-undo", args=[study.public_id]), {}, format="json")
+    assert [(r.status_code, r.json()["error"]) for r in (skip, undo)] == [(403, "paused"), (403, "paused")]
+    assert _writes(study) == before and before[2] == 0  # the pause released the held lease
+
+
+def test_a_gold_check_pause_does_not_tell_the_annotator_about_gold_items():
+    """The gold check pauses an annotator after a wrong answer on a gold item: the researcher
+    sees why; the annotator is told only that their work is paused (the reason would say which
+    item was gold and that the answer was wrong)."""
+    from django.test import Client
+
+    from annotate.models import StudyMembership
+
+    (user,) = annotators(1)
+    study = open_rating(members=[user], prompts=4, per_prompt=1, gold_share=1.0, gold_min_answers=1,
+                        gold_min_accuracy=0.99, truth=lambda ckpt, p, i: ckpt == "alpha-ckpt")
+    api = client_for(user)
+    item = api.post(next_url(study), {}, format="json").json()
+    gold = Study.objects.get(pk=study.pk).items.get(public_id=item["item"]).gold_answer
+    assert gold in ("aligned", "not_aligned")
+    wrong = "not_aligned" if gold == "aligned" else "aligned"
+    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": wrong},
+             format="json")
+    membership = StudyMembership.objects.get(study=study, annotator=user)
+    assert membership.is_paused and membership.paused_reason.startswith("gold accuracy 0/1")
+    paused = api.post(next_url(study), {}, format="json")
+    assert (paused.status_code, paused.json()) == (403, {"error": "paused", "detail": ""})
+    web = Client()
+    web.force_login(user)
+    for page in (web.get("/"), web.get(reverse("annotate-study", args=[study.public_id]))):
+        assert "gold" not in page.content.decode().lower() and "0/1" not in page.content.decode()
+    # A researcher's own reason is the annotator's to read.
+    membership.paused_reason = "please re-read the instructions"
+    membership.save()
+    assert api.post(next_url(study), {}, format="json").json()["detail"] == "please re-read the instructions"
+
+
 # --- blinding ------------------------------------------------------------------------------
 
 def collect_annotator_responses(user, study) -> list[str]:

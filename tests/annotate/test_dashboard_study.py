@@ -482,3 +482,35 @@ def test_judgments_of_a_paused_annotator_are_said_to_be_left_out_of_reports(clie
     html = page(client, study).content.decode()
     assert re.search(r'id="flagged">4 judgments of 1 annotator paused by the gold check are kept and counted above, '
                      r'but not in reports: 4 items counted complete have fewer than 3 judgments a report counts\.', html)
+
+
+def test_the_crowd_link_is_turned_on_and_off_from_the_study_page(client, researcher, annotator):
+    from annotate.models import AuditEvent
+
+    study = open_pairwise(prompts=2, per_prompt=1)
+    client.force_login(researcher)
+    html = page(client, study).content.decode()
+    assert "Crowd link off" in html and "PROLIFIC_PID" not in html
+    on = reverse("study-crowd-link-on", args=[study.pk])
+    assert client.post(on).status_code == 302
+    study.refresh_from_db()
+    html = page(client, study).content.decode()
+    assert study.crowd_link and f"http://testserver/s/{study.public_id}/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}" in html
+    assert client.post(reverse("study-crowd-link-off", args=[study.pk])).status_code == 302
+    study.refresh_from_db()
+    assert not study.crowd_link
+    assert list(AuditEvent.objects.filter(action="study.crowd_link").values_list("details__enabled", flat=True)
+                .order_by("pk")) == [True, False]
+    # Not for annotators, nor for anyone signed out.
+    assert logged_in(annotator).post(on).status_code == 403
+    assert Client().post(on).status_code == 302 and not Study.objects.get(pk=study.pk).crowd_link
+
+
+def test_a_member_sees_nothing_of_a_study_before_it_opens(annotator):
+    from annotate.services.studies import study_create_pairwise
+
+    dataset, checkpoints = make_images(prompts=1, per_prompt=1)
+    draft = study_create_pairwise(name="not yet", dataset=dataset, checkpoints=checkpoints, instructions="secret plan")
+    study_add_members(study=draft, usernames=[annotator.username])
+    response = logged_in(annotator).get(reverse("annotate-study", args=[draft.public_id]))
+    assert response.status_code == 404 and "secret plan" not in response.content.decode()

@@ -8,7 +8,7 @@ from PIL import Image as PILImage
 
 from annotate.models import Checkpoint, Dataset, Image, StudyItem, StudyMembership
 from annotate.services.studies import (
-    StudyError, crowd_worker_join, study_add_members, study_create_pairwise, study_create_rating, study_open,
+    StudyError, crowd_worker_join, study_add_members, study_crowd_link_set, study_create_pairwise, study_create_rating, study_open,
 )
 from tests.factories import make_images
 
@@ -115,6 +115,9 @@ def test_open_needs_items_and_members_must_exist(annotator):
 def test_crowd_worker_gets_an_account_limited_to_the_study():
     dataset, checkpoints = make_images(prompts=1)
     study = study_open(study=study_create_pairwise(name="s", dataset=dataset, checkpoints=checkpoints))
+    with pytest.raises(StudyError, match="invited annotators only"):  # the link is off by default
+        crowd_worker_join(study=study, worker_id="5f1a2b3c")
+    study_crowd_link_set(study=study, enabled=True)
     user = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-1")
     again = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-2")
     assert user == again and not user.has_usable_password()

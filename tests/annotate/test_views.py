@@ -70,8 +70,8 @@ def test_crowd_link_signs_the_worker_in_to_that_study_only(client):
     from tests.factories import annotators, open_pairwise
 
     (other_member,) = annotators(1, prefix="m")
-    study = open_pairwise(members=[other_member])
-    second = open_pairwise(members=[other_member])
+    study = open_pairwise(members=[other_member], crowd_link=True)
+    second = open_pairwise(members=[other_member], crowd_link=True)
     url = reverse("crowd-start", args=[study.public_id])
     response = client.get(url, {"PROLIFIC_PID": "60a7f0c1e2", "STUDY_ID": "abc", "SESSION_ID": "s1"})
     assert response.status_code == 302
@@ -88,12 +88,35 @@ def test_crowd_link_without_worker_id_or_for_a_closed_study_is_refused(client):
     from annotate.services.studies import study_close
     from tests.factories import open_pairwise
 
-    study = open_pairwise()
+    study = open_pairwise(crowd_link=True)
     url = reverse("crowd-start", args=[study.public_id])
     assert client.get(url).status_code == 400
     study_close(study=study)
     refused = client.get(url, {"PROLIFIC_PID": "abc"})
     assert refused.status_code == 400 and "not open" in refused.content.decode()
+
+
+def test_a_study_without_a_crowd_link_is_no_invitation(client):
+    """Its public id is in every member's URLs: without the crowd link on, it makes no account."""
+    from django.contrib.auth import get_user_model
+
+    from tests.factories import open_pairwise
+
+    study = open_pairwise()
+    users = get_user_model().objects.count()
+    assert client.get(reverse("crowd-start", args=[study.public_id]), {"PROLIFIC_PID": "anyone"}).status_code == 404
+    assert get_user_model().objects.count() == users and not study.memberships.exists()
+
+
+def test_a_crowd_link_followed_while_signed_in_never_switches_the_account(client, researcher):
+    """A link from another site (GET) must not sign a researcher out and in as a crowd worker."""
+    from tests.factories import open_pairwise
+
+    study = open_pairwise(crowd_link=True)
+    client.force_login(researcher)
+    response = client.get(reverse("crowd-start", args=[study.public_id]), {"PROLIFIC_PID": "forged"})
+    assert response.status_code == 409 and "Sign out first" in response.content.decode()
+    assert client.session["_auth_user_id"] == str(researcher.pk) and not study.memberships.exists()
 
 
 def test_annotator_page_has_labelled_controls_and_keyboard_hints(client, annotator):

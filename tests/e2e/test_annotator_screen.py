@@ -148,14 +148,14 @@ def test_a_paused_annotator_is_told_plainly_and_answers_are_kept(page: Page, liv
     open_study(page, live_server.url, rating)
     page.wait_for_load_state("networkidle")  # the next item's lease is in before the pause
     StudyMembership.objects.filter(study=rating).update(is_paused=True,
-                                                        paused_reason="gold accuracy 2/5 is below 70%")
+                                                        paused_reason="please re-read the instructions")
     with page.expect_response(lambda r: r.url.endswith("/submit/")) as submitted:
         page.keyboard.press("y")
     assert submitted.value.status == 403
     notice = page.locator("#paused")
     expect(notice).to_be_visible()
     expect(notice).to_contain_text("Your work on this study is paused by the researcher; the answers you gave are kept.")
-    expect(notice).to_contain_text("gold accuracy 2/5 is below 70%")
+    expect(notice).to_contain_text("please re-read the instructions")
     expect(page.locator("#task")).to_be_hidden()
     assert page.locator("#task button[data-choice]").evaluate_all("bs => bs.every(b => b.disabled)")
     page.keyboard.press("n")
@@ -165,7 +165,7 @@ def test_a_paused_annotator_is_told_plainly_and_answers_are_kept(page: Page, liv
 
     page.reload()  # the same message, not a blank page
     expect(page.locator("#paused")).to_be_visible()
-    expect(page.locator("#paused")).to_contain_text("gold accuracy 2/5 is below 70%")
+    expect(page.locator("#paused")).to_contain_text("please re-read the instructions")
     expect(page.locator("#task")).to_be_hidden()
     assert len(pending(page, rating)) == 1
 
@@ -335,13 +335,14 @@ def test_an_image_that_does_not_load_is_said_and_its_skip_records_why(page: Page
         (media_root / image.file.name).unlink()
     page.set_default_timeout(TIMEOUT_MS)
     sign_in(page, live_server.url)
-    failed = []
-    page.on("response", lambda r: failed.append(r.status) if ".jpg" in r.url else None)
+    failed, requested = [], []
+    page.on("response", lambda r: (failed.append(r.status), requested.append(r.url)) if ".jpg" in r.url else None)
     open_study(page, live_server.url, pairs)
     status = page.locator("#status")
     expect(status).to_have_text(re.compile(r"^(Left|Right) image did not load\. .*Image did not load"))
     assert status.evaluate("s => getComputedStyle(s).color") == ERR_COLOUR
     assert failed and set(failed) == {404}
+    assert len([url for url in requested if "retry=2" in url]) >= 1  # tried twice more before saying so
     first = page.locator("#prompt").text_content()
     with page.expect_response(lambda r: r.url.endswith("/skip/")) as skipped:
         page.get_by_role("button", name="Image did not load").click()
@@ -349,3 +350,43 @@ def test_an_image_that_does_not_load_is_said_and_its_skip_records_why(page: Page
     expect_announced(page, 2)
     skip = Skip.objects.get()
     assert skip.reason == Skip.Reason.IMAGE_NOT_LOADED and skip.item.prompt.text == first
+
+
+def test_a_study_closed_meanwhile_is_said_plainly_and_the_answer_is_kept(page: Page, live_server, rating):
+    from annotate.services.studies import study_close
+
+    page.set_default_timeout(TIMEOUT_MS)
+    sign_in(page, live_server.url)
+    open_study(page, live_server.url, rating)
+    page.wait_for_load_state("networkidle")  # the next item's lease is in before the close
+    study_close(study=rating)
+    with page.expect_response(lambda r: r.url.endswith("/submit/")) as submitted:
+        page.keyboard.press("y")
+    assert submitted.value.status == 409
+    notice = page.locator("#not-open")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("The researcher has closed this study")
+    expect(page.locator("#task")).to_be_hidden()
+    assert len(pending(page, rating)) == 1 and Judgment.objects.count() == 0  # kept, in case it reopens
+
+
+def test_an_image_that_fails_once_is_fetched_again_without_a_word(page: Page, live_server, pairs):
+    """A busy server's 503 (or a dropped connection) on an image: the page asks again, and the
+    annotator sees the image and no error."""
+    page.set_default_timeout(TIMEOUT_MS)
+    sign_in(page, live_server.url)
+    refused = []
+
+    def once(route):
+        if not refused:
+            refused.append(route.request.url)
+            route.fulfill(status=503, body="busy")
+        else:
+            route.continue_()
+
+    page.route("**/left.jpg*", once)
+    open_study(page, live_server.url, pairs)
+    page.wait_for_function("() => { const i = document.getElementById('img-left');"
+                           " return i.complete && i.naturalWidth > 0 && i.src.includes('retry=1'); }")
+    assert len(refused) == 1
+    expect(page.locator("#status")).to_have_text("")

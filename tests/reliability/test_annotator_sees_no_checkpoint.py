@@ -23,7 +23,9 @@ from rest_framework.test import APIClient
 
 from annotate.models import Checkpoint, Dataset, GenerationJob, Image, Prompt, Study, StudyItem
 from annotate.services.generation import generation_job_create
-from annotate.services.studies import study_add_members, study_create_pairwise, study_create_rating, study_open
+from annotate.services.studies import (
+    study_add_members, study_create_pairwise, study_create_rating, study_crowd_link_set, study_open,
+)
 from tests.factories import annotators
 
 pytestmark = pytest.mark.django_db
@@ -229,6 +231,7 @@ def collect(world) -> Received:
     # Signed out: the login page; and a crowd worker arriving by the study's link.
     anonymous = Client()
     received.keep("login page", anonymous.get(reverse("login")))
+    study_crowd_link_set(study=pairwise, enabled=True)
     crowd = anonymous.get(reverse("crowd-start", args=[pairwise.public_id]), {"PROLIFIC_PID": "worker-77"}, follow=True)
     assert crowd.status_code == 200
     received.keep("crowd link", crowd)
