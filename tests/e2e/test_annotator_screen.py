@@ -142,16 +142,22 @@ def test_signed_out_answers_are_kept_and_sent_after_signing_in_again(page: Page,
     assert judgment.choice == "aligned" and judgment.annotator.username == USER
 
 
-def test_a_paused_annotator_is_told_plainly_and_answers_are_kept(page: Page, live_server, rating):
+def answer_after(page: Page, base_url: str, study: Study, change, expect_status: int) -> None:
+    """Open the study, let the next item's lease in, make the change (a pause, a close), then
+    answer: the server refuses it with ``expect_status``."""
     page.set_default_timeout(TIMEOUT_MS)
-    sign_in(page, live_server.url)
-    open_study(page, live_server.url, rating)
-    page.wait_for_load_state("networkidle")  # the next item's lease is in before the pause
-    StudyMembership.objects.filter(study=rating).update(is_paused=True,
-                                                        paused_reason="please re-read the instructions")
+    sign_in(page, base_url)
+    open_study(page, base_url, study)
+    page.wait_for_load_state("networkidle")
+    change()
     with page.expect_response(lambda r: r.url.endswith("/submit/")) as submitted:
         page.keyboard.press("y")
-    assert submitted.value.status == 403
+    assert submitted.value.status == expect_status
+
+
+def test_a_paused_annotator_is_told_plainly_and_answers_are_kept(page: Page, live_server, rating):
+    answer_after(page, live_server.url, rating, lambda: StudyMembership.objects.filter(study=rating).update(
+        is_paused=True, paused_reason="please re-read the instructions"), expect_status=403)
     notice = page.locator("#paused")
     expect(notice).to_be_visible()
     expect(notice).to_contain_text("Your work on this study is paused by the researcher; the answers you gave are kept.")
@@ -355,14 +361,7 @@ def test_an_image_that_does_not_load_is_said_and_its_skip_records_why(page: Page
 def test_a_study_closed_meanwhile_is_said_plainly_and_the_answer_is_kept(page: Page, live_server, rating):
     from annotate.services.studies import study_close
 
-    page.set_default_timeout(TIMEOUT_MS)
-    sign_in(page, live_server.url)
-    open_study(page, live_server.url, rating)
-    page.wait_for_load_state("networkidle")  # the next item's lease is in before the close
-    study_close(study=rating)
-    with page.expect_response(lambda r: r.url.endswith("/submit/")) as submitted:
-        page.keyboard.press("y")
-    assert submitted.value.status == 409
+    answer_after(page, live_server.url, rating, lambda: study_close(study=rating), expect_status=409)
     notice = page.locator("#not-open")
     expect(notice).to_be_visible()
     expect(notice).to_contain_text("The researcher has closed this study")
