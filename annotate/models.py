@@ -83,8 +83,11 @@ class ContrastivePromptSet(models.Model):
 
     @property
     def prompt_set(self) -> list[str]:
-        """TextNorm's P: the original prompt first, then the contrastive prompts."""
-        return [self.prompt.text, *self.texts]
+        """TextNorm's P: the original prompt first, then the contrastive prompts, de-duplicated
+        and without the original (SPEC 2.1), however the set was written."""
+        from workers.ml.textnorm import prompt_set
+
+        return prompt_set(self.prompt.text, self.texts)
 
 
 class Checkpoint(models.Model):

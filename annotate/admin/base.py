@@ -414,7 +414,8 @@ class JobAdmin(ServiceAddAdmin):
     """What generation and scoring jobs share: view-only once made (the worker owns status and
     progress), run again and cancel through ``annotate.services.jobs``."""
 
-    can_change = False
+    # Deleting a job would unlink its images or scores (SET_NULL) and lose what "run again" reuses.
+    can_change = can_delete = False
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
     readonly_fields = ["status", "total_images", "done_images", "error", "created_by", "created_at",

@@ -1,6 +1,7 @@
 """Datasets, prompts and contrastive prompt sets."""
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 
 from annotate import models
@@ -47,6 +48,14 @@ class PromptAdmin(ResearcherAdmin):
     ordering = ["dataset", "source_index"]
     inlines = [ContrastivePromptSetInline]
 
+    def get_readonly_fields(self, request, obj=None):
+        """Once images or study items show the prompt, its text is what they were judged
+        against: changing it would relabel them (and their exports, reports, TextNorm sets)."""
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and (obj.images.exists() or obj.study_items.exists()):
+            fields += ["text", "dataset", "category", "source_index"]
+        return fields
+
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             n_sets=count_of(models.ContrastivePromptSet, "prompt"))
@@ -64,8 +73,17 @@ class PromptAdmin(ResearcherAdmin):
         return changelist_link(models.Image, "images", prompt__id__exact=prompt.pk)
 
 
+class ContrastivePromptSetForm(forms.ModelForm):
+    def clean_texts(self):
+        texts = self.cleaned_data["texts"]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise forms.ValidationError('a JSON list of one or more prompts, e.g. ["2 cups", "4 cups"]')
+        return texts
+
+
 @admin.register(models.ContrastivePromptSet)
 class ContrastivePromptSetAdmin(ResearcherAdmin):
+    form = ContrastivePromptSetForm
     list_display = ["id", "prompt_text", "source", "version", "generator", "text_count", "created_at"]
     list_filter = ["source", "prompt__dataset"]
     search_fields = ["prompt__text", "version", "generator"]

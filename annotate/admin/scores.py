@@ -8,6 +8,7 @@ from annotate import models
 from annotate.admin.base import (
     BigTableAdmin,
     JobAdmin,
+    ReadOnlyAdmin,
     ReadOnlyInline,
     ResearcherAdmin,
     ServiceAddAdmin,
@@ -122,7 +123,7 @@ class RewardScoreAdmin(BigTableAdmin):
     list_select_related = ["image", "reward_model", "prompt_set"]
     raw_id_fields = ["image", "prompt_set"]
     ordering = ["-id"]
-    can_add = can_change = False  # written by scoring jobs
+    can_add = can_change = can_delete = False  # written by scoring jobs
 
 
 class ScoringJobAddForm(ServiceAddForm):
@@ -169,7 +170,7 @@ class ScoringJobAdmin(JobAdmin):
 
 
 @admin.register(models.HumanLabel)
-class HumanLabelAdmin(BigTableAdmin):
+class HumanLabelAdmin(ReadOnlyAdmin):  # TIA2's labels as imported: the benchmark's figures rest on them
     list_display = ["id", "image", "slot", "value", "source"]
     list_filter = ["value", "source", "slot"]
     search_fields = ["image__source_name", "image__prompt__text"]

@@ -77,6 +77,20 @@ class StudyAddForm(ServiceAddForm):
                                                 "or none for the dataset's imported images")
 
 
+class StudyChangeForm(forms.ModelForm):
+    """The settings' bounds of the API and the services (a lease of 1 s, or 0 items per
+    annotator, would break the study for everyone)."""
+
+    def clean(self):
+        data = super().clean()
+        try:
+            studies.study_settings_check(data)
+        except studies.StudyError as exc:
+            field, _, message = str(exc).partition(": ")
+            self.add_error(field if field in self.fields else None, message or str(exc))
+        return data
+
+
 @admin.register(models.Study)
 class StudyAdmin(ServiceAddAdmin):
     list_display = ["name", "kind", "status", "item_count", "items_link", "member_count", "dataset",
@@ -91,7 +105,16 @@ class StudyAdmin(ServiceAddAdmin):
                        "created_at", "opened_at", "closed_at"]
     # What made the items stays as it was.
     readonly_on_change = ["kind", "dataset", "checkpoints", "gold_share", "rating_scale"]
+    form = StudyChangeForm
     can_delete = False  # a cascade over its items, leases and judgments: millions of rows
+
+    def get_readonly_fields(self, request, obj=None):
+        """Once opened, the redundancy is what items were filled to: lowering it would leave
+        more judgments than it asks for, and the counts on the dashboard would not add up."""
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.opened_at is not None:
+            fields.append("redundancy")
+        return fields
     inlines = [MembershipInline]
     actions = [*ResearcherAdmin.actions, "export_judgments", "open_studies", "close_studies"]
     add_form = StudyAddForm
@@ -217,7 +240,9 @@ class StudyItemAdmin(BigTableAdmin):
     raw_id_fields = ["prompt", "image_a", "image_b"]
     ordering = ["-id"]
     readonly_fields = ["public_id", "study", "judgment_count", "taken", "rank"]
-    readonly_on_change = ["prompt", "image_a", "image_b"]
+    # Gold too: a changed answer would mark honest annotators wrong (and pause them), and the
+    # judgments already scored would not follow.
+    readonly_on_change = "__all__"
     inlines = [JudgmentInline, SkipInline]
     can_add = False  # items are made with their study, never added later
     can_delete = False  # the study's item_count and the judgments' counters would lie
@@ -241,6 +266,9 @@ class StudyMembershipAdmin(ResearcherAdmin):
                        "joined_at", "completed_at"]
     readonly_on_change = ["study", "annotator"]
     actions = [*ResearcherAdmin.actions, "pause", "resume"]
+    # Pause is how an annotator leaves: deleting the row would drop their counts and gold
+    # record (re-adding them would undo a gold-check pause) while their judgments stay.
+    can_delete = False
 
     @admin.display(description="gold correct / answered")
     def gold(self, membership):
@@ -331,7 +359,9 @@ class ReportAdmin(ServiceAddAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["study", "created_by"]
     ordering = ["-created_at"]
-    readonly_fields = ["status", "params", "file", "error", "created_by", "created_at", "finished_at"]
+    # The file through the download view (media is not served as such in production).
+    readonly_fields = ["status", "params", "download", "error", "created_by", "created_at", "finished_at"]
+    exclude = ["file"]
     can_change = False  # built by the report task
     add_form = ReportAddForm
     add_fields = ("study", "format", "rounds", "seed")

@@ -91,6 +91,8 @@ def checkpoint_register(*, name: str, backend: str, location: str = "", base_mod
                         config: dict | None = None, description: str = "") -> Checkpoint:
     """Register a checkpoint, or return the one already registered under ``name`` with the
     same weights and settings. Nothing is written on bad input."""
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointRegistrationError(f"config: must be a JSON object ({{...}}), not {type(config).__name__}")
     config = dict(config or {})
     name = (name or "").strip()
     if not name:

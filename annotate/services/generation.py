@@ -24,8 +24,9 @@ def generation_job_create(
     if checkpoint.backend == Checkpoint.Backend.BEST_OF_N:
         raise GenerationError(f"checkpoint: {checkpoint.name!r} is a best-of-n selection of another checkpoint's "
                               f"images; it has nothing to generate")
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise GenerationError(f"seeds: must be a non-empty list of non-negative integers, not {seeds!r}")
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**63 for s in seeds):
+        raise GenerationError(f"seeds: must be a non-empty list of integers from 0 to 2^63 - 1 (the image "
+                              f"table's range), not {seeds!r}")
     for field, value, low in (("images_per_seed", images_per_seed, 1), ("width", width, 8), ("height", height, 8),
                               ("num_inference_steps", num_inference_steps, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -218,6 +218,8 @@ def report_request(*, study: Study, fmt: str, rounds: int = DEFAULT_ROUNDS, seed
     if fmt not in Report.Format.values:
         raise ReportError(f"format: must be one of {', '.join(Report.Format.values)}, not {fmt!r}")
     rounds_check(rounds)
+    if not 0 <= seed < 2**32:  # numpy's seeds; the API's bounds
+        raise ReportError(f"seed: must be from 0 to 2^32 - 1, not {seed}")
     report = Report.objects.create(study=study, format=fmt, params={"rounds": rounds, "seed": seed},
                                    created_by=created_by)
     if enqueue:

@@ -40,6 +40,8 @@ def folder_fingerprint(location: str, config: dict) -> str:
 @transaction.atomic
 def reward_model_create(*, name: str, kind: str, location: str, config: dict | None = None) -> RewardModel:
     """Register a reward model (a local folder, or a hub id with config.allow_download)."""
+    if config is not None and not isinstance(config, dict):
+        raise ScoringError(f"config: must be a JSON object ({{...}}), not {type(config).__name__}")
     config = dict(config or {})
     if kind not in RewardModel.Kind.values:
         raise ScoringError(f"kind: {kind!r} is not one of {', '.join(RewardModel.Kind.values)}")

@@ -58,7 +58,22 @@ def image_truth(image, positive_labels: int | None = None) -> bool | None:
     return None
 
 
+# What a study's settings may be, wherever they are set (services, API, admin add and change).
+SETTING_BOUNDS = {"redundancy": (1, 100), "gold_share": (0.0, 1.0), "gold_min_accuracy": (0.0, 1.0),
+                  "gold_min_answers": (1, 1000), "lease_seconds": (10, 24 * 3600),
+                  "items_per_annotator": (1, 2**31 - 1)}
+
+
+def study_settings_check(fields: dict) -> None:
+    """StudyError naming the first setting out of its bounds (None is "no limit" where allowed)."""
+    for name, (low, high) in SETTING_BOUNDS.items():
+        value = fields.get(name)
+        if value is not None and not low <= value <= high:
+            raise StudyError(f"{name}: must be from {low:g} to {high:g}, not {value}")
+
+
 def _study_fields(kind: str, fields: dict) -> dict:
+    study_settings_check(fields)
     question = fields.pop("question", "") or {
         Study.Kind.PAIRWISE: PAIRWISE_QUESTION,
         Study.Kind.RATING: LIKERT_QUESTION if fields.get("rating_scale") == Study.RatingScale.LIKERT5
@@ -189,6 +204,9 @@ def study_open(*, study: Study) -> Study:
 
 @transaction.atomic
 def study_close(*, study: Study) -> Study:
+    if study.status == Study.Status.DRAFT:
+        # Closing a draft would let "reopen" open it without its opening (no opened_at).
+        raise StudyError("a draft cannot be closed: open it first, or leave it as a draft")
     study.status, study.closed_at = Study.Status.CLOSED, timezone.now()
     study.save(update_fields=["status", "closed_at"])
     audit(None, "study.close", study)

@@ -45,7 +45,7 @@ from tests.factories import annotators, make_images, open_pairwise
 pytestmark = pytest.mark.django_db
 
 MODELS = sorted(apps.get_app_config("annotate").get_models(), key=lambda m: m.__name__)
-NOT_ADDABLE = {Image, RewardScore, StudyItem, Assignment, Judgment, Skip, AuditEvent}
+NOT_ADDABLE = {Image, RewardScore, StudyItem, Assignment, Judgment, Skip, AuditEvent, HumanLabel}
 
 
 def changelist(model) -> str:
@@ -372,7 +372,7 @@ def test_adding_a_generation_job_goes_through_the_service(world, res_client, dja
 
 @pytest.mark.parametrize("changes, field, message", [
     ({"width": 4}, "width", "must be an integer >= 8, not 4"),
-    ({"seeds": "-1"}, "seeds", "must be a non-empty list of non-negative integers, not [-1]"),
+    ({"seeds": "-1"}, "seeds", "must be a non-empty list of integers from 0 to 2^63 - 1 (the image table's range), not [-1]"),
     ({"seeds": "one, two"}, "seeds", "must be integers separated by commas"),
     ({"scheduler": "fancy"}, "scheduler", "scheduler 'fancy' is not one of"),
     ({"checkpoint": "best"}, "checkpoint", "is a best-of-n selection of another checkpoint's images"),
@@ -579,3 +579,69 @@ def test_an_unfiltered_big_list_is_counted_from_the_planner_estimate(world, res_
     assert res_client.get(changelist(Image)).context["cl"].result_count == Image.objects.count() + 3
     filtered = res_client.get(changelist(Image), {"checkpoint__id__exact": world.best.pk}).context["cl"]
     assert filtered.result_count == 0  # a filtered list is counted
+
+
+# --- what the admin must not let a researcher break -----------------------------------------
+
+def test_data_others_rest_on_cannot_be_edited_or_deleted_here(world, res_client):
+    """A prompt's text once images show it; an item's gold answer; memberships, jobs, scores
+    and TIA2's labels: each edit or delete would change what judgments, reports or the
+    benchmark mean (a review made every one of these)."""
+    page = res_client.get(change_url(world.prompt)).content.decode()
+    assert 'name="text"' not in page and 'name="dataset"' not in page  # shown, not editable
+    fresh = Prompt.objects.create(dataset=world.study.dataset, text="no image yet", source_index=99)
+    assert 'name="text"' in res_client.get(change_url(fresh)).content.decode()
+    item = world.study.items.order_by("pk").first()
+    res_client.post(change_url(item), {"is_gold": "on", "gold_answer": "banana"})
+    item.refresh_from_db()
+    assert (item.is_gold, item.gold_answer) == (False, "")
+    for obj in (StudyMembership.objects.filter(study=world.study).first(), world.job,
+                RewardScore.objects.first(), HumanLabel.objects.first()):
+        url = reverse(f"admin:annotate_{obj._meta.model_name}_delete", args=[obj.pk])
+        assert res_client.post(url, {"post": "yes"}).status_code == 403, type(obj).__name__
+        assert type(obj).objects.filter(pk=obj.pk).exists()
+    label = HumanLabel.objects.first()
+    assert res_client.post(change_url(label), {"image": label.image_id, "slot": 0, "value": 0}).status_code == 403
+
+
+def test_a_studys_settings_keep_their_bounds_and_its_redundancy_once_opened(world, res_client):
+    form = res_client.get(change_url(world.study)).context["adminform"].form
+    data = {name: ("" if value is None else value) for name, value in form.initial.items()
+            if name in form.fields and not isinstance(value, list)}
+    assert "redundancy" not in form.fields  # opened: items were filled to it
+    for field, bad in (("lease_seconds", 1), ("items_per_annotator", 0), ("gold_min_answers", 0)):
+        response = res_client.post(change_url(world.study), {**data, field: bad})
+        errors = response.context["adminform"].form.errors
+        assert field in errors and "must be from" in errors[field][0], (field, errors)
+    world.study.refresh_from_db()
+    assert (world.study.lease_seconds, world.study.items_per_annotator, world.study.gold_min_answers) == (600, None, 5)
+
+
+def test_bad_configs_seeds_and_sets_are_field_errors_not_500s(world, res_client):
+    for model, form in ((Checkpoint, {"name": "listy", "backend": "procedural", "config": "[1, 2]"}),
+                        (RewardModel, {"name": "listy", "kind": "clip", "location": "/models/x", "config": '"abc"'})):
+        response = add(res_client, model, form)
+        assert response.status_code == 200, model.__name__
+        assert "must be a JSON object" in response.context["adminform"].form.errors["config"][0]
+    response = add(res_client, Report, {"study": world.study.pk, "format": "csv", "rounds": 1000, "seed": -5})
+    assert response.context["adminform"].form.errors == {"seed": ["must be from 0 to 2^32 - 1, not -5"]}
+    for texts in ('"abc"', '{"a": 1}', "[1, 2]", '["two cups", " "]'):
+        response = add(res_client, ContrastivePromptSet, {"prompt": world.prompt.pk, "source": "imported",
+                                                            "version": f"v-{texts}", "texts": texts})
+        assert "a JSON list of one or more prompts" in response.context["adminform"].form.errors["texts"][0], texts
+    assert not Checkpoint.objects.filter(name="listy").exists() and not Report.objects.filter(params__seed=-5).exists()
+
+
+def test_a_draft_cannot_be_closed_so_it_never_opens_without_its_opening(world, res_client):
+    draft = Study.objects.create(name="draft", kind="pairwise", dataset=world.study.dataset)
+    messages = said(act(res_client, Study, "close_studies", [draft]))
+    assert any("a draft cannot be closed" in m for m in messages)
+    draft.refresh_from_db()
+    assert draft.status == "draft"
+
+
+def test_the_report_page_links_its_file_through_the_download_view(world, res_client, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        report = report_request(study=world.study, fmt="csv")
+    page = res_client.get(change_url(report)).content.decode()
+    assert reverse("api-report-download", args=[report.pk]) in page and "/media/" not in page
