@@ -331,6 +331,9 @@ class RewardScore(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.reward_model.name} {self.variant} score of image {self.image_id}"
+
 
 class ScoringJob(WorkerJob):
     """Score every image of a generation job, a checkpoint or a dataset with one reward model:
@@ -396,6 +399,9 @@ class HumanLabel(models.Model):
             models.UniqueConstraint(fields=["image", "slot"], name="label_unique_slot"),
             models.CheckConstraint(condition=Q(value__in=[-1, 0, 1]), name="label_known_value"),
         ]
+
+    def __str__(self) -> str:
+        return f"label {self.slot} of image {self.image_id}: {self.value}"
 
 
 class Study(models.Model):
@@ -526,6 +532,9 @@ class StudyItem(models.Model):
             models.Index(fields=["study", "-taken", "rank"], name="item_study_queue"),
         ]
 
+    def __str__(self) -> str:
+        return f"item {self.pk} of {self.study.name}"
+
 
 class StudyMembership(models.Model):
     """An annotator's standing in one study, including crowd-worker identifiers."""
@@ -558,6 +567,9 @@ class StudyMembership(models.Model):
                 name="membership_gold_within_answered",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.annotator.username} in {self.study.name}"
 
 
 class Assignment(models.Model):
@@ -592,6 +604,9 @@ class Assignment(models.Model):
                 condition=Q(expires_at__gt=models.F("leased_at")), name="assignment_expires_after_lease"
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"lease {self.pk} of item {self.item_id} to {self.annotator.username}"
 
 
 class LeaseOutcome(models.Model):
@@ -646,6 +661,9 @@ class Judgment(LeaseOutcome):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"judgment {self.pk} by {self.annotator.username} on item {self.item_id}"
+
 
 class Skip(LeaseOutcome):
     """An item an annotator passed on, with why: an outcome, not a judgment."""
@@ -663,6 +681,9 @@ class Skip(LeaseOutcome):
             models.UniqueConstraint(fields=["annotator", "client_id"], name="skip_unique_client_id"),
         ]
         indexes = [models.Index(fields=["item", "annotator"], name="skip_item_annotator")]
+
+    def __str__(self) -> str:
+        return f"skip {self.pk} by {self.annotator.username} of item {self.item_id}"
 
 
 class Report(models.Model):
@@ -691,6 +712,9 @@ class Report(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"report {self.pk} ({self.format}) of {self.study.name}: {self.status}"
 
 
 class AuditEvent(models.Model):

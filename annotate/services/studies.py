@@ -252,7 +252,7 @@ def membership_pause(*, membership: StudyMembership, reason: str = "") -> StudyM
         StudyItem.objects.filter(pk__in=items).update(taken=F("taken") - 1)
     membership.is_paused, membership.paused_reason = True, reason
     audit(None, "membership.pause", membership, study=membership.study_id, annotator=membership.annotator_id,
-          reason=reason, leases_released=len(items))
+          username=membership.annotator.username, reason=reason, leases_released=len(items))
     return membership
 
 
@@ -263,7 +263,8 @@ def membership_resume(*, membership: StudyMembership) -> StudyMembership:
     and the judgments it flagged stay flagged (the report decides whether to count them)."""
     StudyMembership.objects.filter(pk=membership.pk).update(is_paused=False, paused_reason="")
     membership.is_paused, membership.paused_reason = False, ""
-    audit(None, "membership.resume", membership, study=membership.study_id, annotator=membership.annotator_id)
+    audit(None, "membership.resume", membership, study=membership.study_id, annotator=membership.annotator_id,
+          username=membership.annotator.username)
     return membership
 
 

@@ -645,3 +645,15 @@ def test_the_report_page_links_its_file_through_the_download_view(world, res_cli
         report = report_request(study=world.study, fmt="csv")
     page = res_client.get(change_url(report)).content.decode()
     assert reverse("api-report-download", args=[report.pk]) in page and "/media/" not in page
+
+
+def test_the_audit_log_names_who_was_paused_so_a_search_finds_them(world, res_client):
+    membership = StudyMembership.objects.filter(study=world.study).select_related("annotator").first()
+    act(res_client, StudyMembership, "pause", [membership])
+    event = AuditEvent.objects.filter(action="membership.pause").get()
+    name = membership.annotator.username
+    assert event.target_repr == f"{name} in {world.study.name}" and event.details["username"] == name
+    found = res_client.get(changelist(AuditEvent), {"q": name}).context["cl"].result_list
+    assert event in list(found)
+    for obj in (world.study.items.first(), Judgment.objects.first(), Skip.objects.first(), Report.objects.first()):
+        assert "object (" not in str(obj), type(obj).__name__
