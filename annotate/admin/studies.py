@@ -79,7 +79,20 @@ class StudyAddForm(ServiceAddForm):
 
 class StudyChangeForm(forms.ModelForm):
     """The settings' bounds of the API and the services (a lease of 1 s, or 0 items per
-    annotator, would break the study for everyone)."""
+    annotator, would break the study for everyone), and members added by username."""
+
+    add_members = forms.CharField(
+        required=False, label="Add members",
+        help_text="usernames of annotators, separated by commas or spaces (added when you save)")
+
+    def clean_add_members(self):
+        from django.contrib.auth import get_user_model
+
+        names = sorted(set(self.cleaned_data.get("add_members", "").replace(",", " ").split()))
+        known = set(get_user_model().objects.filter(username__in=names).values_list("username", flat=True))
+        if set(names) - known:
+            raise forms.ValidationError(f"unknown usernames: {', '.join(sorted(set(names) - known))}")
+        return names
 
     def clean(self):
         data = super().clean()
@@ -107,6 +120,13 @@ class StudyAdmin(ServiceAddAdmin):
     readonly_on_change = ["kind", "dataset", "checkpoints", "gold_share", "rating_scale"]
     form = StudyChangeForm
     can_delete = False  # a cascade over its items, leases and judgments: millions of rows
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        names = form.cleaned_data.get("add_members") or []
+        if names:  # through the service: audited as study.members_add, with the usernames
+            added = studies.study_add_members(study=form.instance, usernames=names)
+            self.message_user(request, f"Members: {', '.join(m.annotator.username for m in added)}.")
 
     def get_readonly_fields(self, request, obj=None):
         """Once opened, the redundancy is what items were filled to: lowering it would leave

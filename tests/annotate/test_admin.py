@@ -657,3 +657,19 @@ def test_the_audit_log_names_who_was_paused_so_a_search_finds_them(world, res_cl
     assert event in list(found)
     for obj in (world.study.items.first(), Judgment.objects.first(), Skip.objects.first(), Report.objects.first()):
         assert "object (" not in str(obj), type(obj).__name__
+
+
+def test_members_are_added_to_a_study_by_username_on_its_page(world, res_client):
+    new = annotators(2, prefix="late")
+    form = res_client.get(change_url(world.study)).context["adminform"].form
+    assert "add_members" in form.fields
+    data = {name: ("" if value is None else value) for name, value in form.initial.items()
+            if name in form.fields and not isinstance(value, list)}
+    management = {f"memberships-{k}": v for k, v in (("TOTAL_FORMS", 0), ("INITIAL_FORMS", 0))}
+    refused = res_client.post(change_url(world.study), {**data, **management, "add_members": "late0 nobody"})
+    assert refused.context["adminform"].form.errors["add_members"] == ["unknown usernames: nobody"]
+    saved = res_client.post(change_url(world.study), {**data, **management, "add_members": "late0, late1"})
+    assert saved.status_code == 302, saved.context and saved.context["adminform"].form.errors
+    assert set(world.study.memberships.values_list("annotator__username", flat=True)) >= {u.username for u in new}
+    event = AuditEvent.objects.filter(action="study.members_add").latest("pk")
+    assert event.details["usernames"] == ["late0", "late1"]
