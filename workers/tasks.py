@@ -49,6 +49,8 @@ def generation_job_run(job_id: int, fan_out: bool = True) -> list[int]:
     """Run a job here, or fan it out as chunk tasks when it spans several chunks. A fanned-out
     job is finished by its chunk tasks, after this task has returned: a chain whose next step
     needs the images passes ``fan_out=False`` (the job then runs whole in this task)."""
+    from django.db.utils import InterfaceError, OperationalError
+    from django.utils import timezone
     from kombu.exceptions import OperationalError as BrokerUnavailable
 
     from annotate.models import GenerationJob
@@ -65,7 +67,16 @@ def generation_job_run(job_id: int, fan_out: bool = True) -> list[int]:
             log.warning("generation job %s: chunk tasks not sent (%s); running it whole here", job_id, exc)
             return generation_job_dispatch(job_id, fan_out=False)
 
-    return through_database_restarts(f"generation job {job_id}", run)
+    try:
+        return through_database_restarts(f"generation job {job_id}", run)
+    except (OperationalError, InterfaceError):
+        raise  # the row cannot be written; the requeue sweep sends it again once the database is back
+    except Exception as exc:
+        # A failure before the job started (planning it, sending its chunks) would leave it
+        # queued, and the requeue sweep would send it again every minute: it fails, saying why.
+        GenerationJob.objects.filter(pk=job_id, status__in=("queued", "running")).update(
+            status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now())
+        raise
 
 
 @shared_task(name="workers.tasks.generation_chunk_run", acks_late=True)

@@ -325,3 +325,23 @@ def test_demo_can_run_the_tiny_diffusers_pipeline_through_the_worker(settings, t
             assert RewardScore.objects.filter(image__checkpoint=checkpoint, variant=variant).count() == n > 0
     assert Study.objects.count() == 2
     backends.cache_clear()
+
+
+def test_a_job_that_fails_before_it_starts_is_failed_not_left_queued(dataset, monkeypatch):
+    """Planning it raised (say, a seed out of range): left queued, the requeue sweep would send
+    it again every minute, failing each time."""
+    from annotate.services.jobs import jobs_requeue_stale
+    from workers.tasks import generation_job_run
+
+    job = queued_job(dataset, name="doomed")
+
+    def broken_plan(job):
+        raise OverflowError("Python int too large to convert to C long")
+
+    monkeypatch.setattr(jobs, "job_plan", broken_plan)
+    with pytest.raises(OverflowError):
+        generation_job_run(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error == "OverflowError: Python int too large to convert to C long"
+    assert job.finished_at is not None
+    assert job.pk not in jobs_requeue_stale(older_than=0).sent["generation"]  # a failed row is not sent again
