@@ -476,6 +476,12 @@ class Study(models.Model):
             models.CheckConstraint(condition=Q(lease_seconds__gte=1), name="study_lease_positive"),
         ]
 
+    def get_absolute_url(self) -> str:
+        """The researcher's page of the study (the admin's "view on site")."""
+        from django.urls import reverse
+
+        return reverse("study-detail", args=[self.pk])
+
     def __str__(self) -> str:
         return self.name
 

@@ -25,7 +25,12 @@ hierarchy (which reads MIN/MAX and DISTINCT days over the whole table on every p
 Its modules: ``base`` (what the admins share), ``datasets``, ``checkpoints``, ``scores``,
 ``studies`` and ``audit_log``; importing this package registers them all.
 """
+from django.contrib import admin
+
 from annotate.admin import audit_log, checkpoints, datasets, scores, studies  # noqa: F401 - they register
 from annotate.admin.base import LargeTablePaginator  # noqa: F401 - named by tests
+
+admin.site.site_header = admin.site.site_title = "Calibra administration"
+admin.site.index_title = "Data, models, jobs, studies and the audit log"
 
 audit_log.audit_auth_admins()

@@ -35,6 +35,12 @@ class CheckpointAddForm(ServiceAddForm):
         model = models.Checkpoint
         fields = ["name", "backend", "location", "base_model", "config", "description"]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Best-of-n checkpoints are made by selection (manage.py best_of_n), never registered.
+        self.fields["backend"].choices = [c for c in self.fields["backend"].choices
+                                          if c[0] != models.Checkpoint.Backend.BEST_OF_N]
+
 
 @admin.register(models.Checkpoint)
 class CheckpointAdmin(ServiceAddAdmin):

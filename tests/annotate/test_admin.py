@@ -416,7 +416,7 @@ def test_adding_a_checkpoint_registers_it(world, res_client, tmp_path):
     for changes, field, message in [
         ({"name": "sd", "backend": "diffusers"}, "location", "a diffusers checkpoint needs one"),
         ({"name": "sd", "backend": "diffusers", "location": str(tmp_path)}, "location", "is not a diffusers folder"),
-        ({"name": "bon", "backend": "best_of_n"}, "backend", "best_of_n checkpoints are made by best-of-n"),
+        ({"name": "bon", "backend": "best_of_n"}, "backend", "best_of_n is not one of the available choices"),
         ({"config": '{"error_rate": 3}'}, "config", "error_rate: must be a number within [0, 1], not 3"),
         ({}, "name", f"already registered, with the same settings, as checkpoint {made.pk}"),
     ]:
@@ -673,3 +673,14 @@ def test_members_are_added_to_a_study_by_username_on_its_page(world, res_client)
     assert set(world.study.memberships.values_list("annotator__username", flat=True)) >= {u.username for u in new}
     event = AuditEvent.objects.filter(action="study.members_add").latest("pk")
     assert event.details["usernames"] == ["late0", "late1"]
+
+
+def test_the_admin_is_branded_links_studies_to_their_page_and_offers_no_best_of_n_registration(world, res_client):
+    index = res_client.get(reverse("admin:index")).content.decode()
+    assert "Calibra administration" in index and "Django administration" not in index
+    page = res_client.get(change_url(world.study)).content.decode()
+    view_on_site = re.search(r'href="([^"]+)" class="viewsitelink"', page).group(1)
+    assert res_client.get(view_on_site)["Location"].endswith(reverse("study-detail", args=[world.study.pk]))
+    backends = [value for value, _ in res_client.get(add_url(Checkpoint)).context["adminform"].form
+                .fields["backend"].choices]
+    assert "best_of_n" not in backends and "diffusers" in backends
