@@ -66,12 +66,13 @@ def _csv_pairs(w, pairwise: dict) -> None:
         ps = (p["bootstrap_p"], p["bootstrap_holm_p"], p["sign_test_p"], p["holm_p"])
         return [p["a"], p["b"], p["verdict"], *map(_cell_count, counts), _cell(p["win_rate_a"]),
                 *_cells(p["wilson"]), *_cells(p["bootstrap_prompt"]), *_cells(p["bootstrap_annotator"]),
-                *map(_cell_p, ps)]
+                _cell(p["win_odds"]), *_cells(p["win_odds_bootstrap_prompt"]), *map(_cell_p, ps)]
 
     _block(w, ["a", "b", "verdict", "n", "prompts", "annotators", "wins_a", "wins_b", "ties", "win_rate_a",
                "wilson_low", "wilson_high", "prompt_bootstrap_low", "prompt_bootstrap_high",
-               "annotator_bootstrap_low", "annotator_bootstrap_high", "bootstrap_p", "bootstrap_holm_p",
-               "sign_test_p", "sign_test_holm_p"], map(row, pairwise["pairs"]))
+               "annotator_bootstrap_low", "annotator_bootstrap_high", "win_odds", "win_odds_prompt_bootstrap_low",
+               "win_odds_prompt_bootstrap_high", "bootstrap_p", "bootstrap_holm_p", "sign_test_p",
+               "sign_test_holm_p"], map(row, pairwise["pairs"]))
 
 
 def _csv_ratings(w, pairwise: dict) -> None:
@@ -197,10 +198,20 @@ def _standing(rating: dict, anchor_only: bool = False) -> str | None:
     return None
 
 
+def _odds_text(odds, interval) -> str:
+    """'1.7 (1.2–2.5)': A's wins per one of B's, with its prompt-bootstrap interval."""
+    if odds is None:
+        return "n/a"
+    shown = "all" if odds == float("inf") else f"{odds:.2f}"
+    lo, hi = interval or (None, None)
+    return shown if lo is None or hi is None else f"{shown} ({lo:.2f}–{'∞' if hi == float('inf') else f'{hi:.2f}'})"
+
+
 def _pair_view(p: dict) -> dict:
     return {"a": p["a"], "b": p["b"], "verdict": _verdict(p),
             **{k: _text_count(p[k]) for k in ("n", "prompts", "annotators", "wins_a", "wins_b", "ties")},
             "win_rate_a": _text(p["win_rate_a"]), "wilson": _text_interval(p["wilson"]),
+            "win_odds": _odds_text(p["win_odds"], p["win_odds_bootstrap_prompt"]),
             "bootstrap_prompt": _text_interval(p["bootstrap_prompt"]),
             "bootstrap_annotator": _text_interval(p["bootstrap_annotator"]),
             "bootstrap_p": _text_p(p["bootstrap_p"]), "bootstrap_holm_p": _text_p(p["bootstrap_holm_p"]),

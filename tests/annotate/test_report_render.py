@@ -337,3 +337,14 @@ def test_every_table_is_labelled_and_every_plot_says_what_it_shows(kind):
         line = re.search(r'<line class="reference" x1="([\d.]+)"', body)
         tick = re.search(r'<text x="([\d.]+)"[^>]*text-anchor="middle" font-size="11">0\.50<', body)  # axis tick
         assert line and tick and float(line.group(1)) == pytest.approx(float(tick.group(1)))
+
+
+def test_the_verdict_table_says_how_many_wins_a_had_per_win_of_b():
+    data = pairwise_data()
+    pair = data["pairwise"]["pairs"][0]
+    edited = copy.deepcopy(data)
+    edited["pairwise"]["pairs"][0].update(win_odds=2.0, win_odds_bootstrap_prompt=[1.25, 3.5])
+    assert table_rows(html_of(edited), "Verdict per pair")[0]["A's wins per B win"] == "2.00 (1.25–3.50)"
+    edited["pairwise"]["pairs"][0].update(win_odds=None, win_odds_bootstrap_prompt=[None, None])
+    assert table_rows(html_of(edited), "Verdict per pair")[0]["A's wins per B win"] == "n/a"
+    assert pair["win_odds"] is None or pair["win_odds"] == pytest.approx(pair["win_rate_a"] / (1 - pair["win_rate_a"]))

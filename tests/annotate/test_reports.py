@@ -91,11 +91,14 @@ def test_report_formats_are_self_contained_and_agree():
     rows = list(csv.reader(io.StringIO(report_render(data, "csv").decode())))
     header = rows.index(["a", "b", "verdict", "n", "prompts", "annotators", "wins_a", "wins_b", "ties", "win_rate_a",
                          "wilson_low", "wilson_high", "prompt_bootstrap_low", "prompt_bootstrap_high",
-                         "annotator_bootstrap_low", "annotator_bootstrap_high", "bootstrap_p", "bootstrap_holm_p",
-                         "sign_test_p", "sign_test_holm_p"])
+                         "annotator_bootstrap_low", "annotator_bootstrap_high", "win_odds",
+                         "win_odds_prompt_bootstrap_low", "win_odds_prompt_bootstrap_high", "bootstrap_p",
+                         "bootstrap_holm_p", "sign_test_p", "sign_test_holm_p"])
     pair = data["pairwise"]["pairs"][0]
     assert rows[header + 1][:9] == [pair["a"], pair["b"], pair["verdict"], *(str(int(pair[k])) for k in (
         "n", "prompts", "annotators", "wins_a", "wins_b", "ties"))]
+    odds = rows[header + 1][rows[header].index("win_odds")]
+    assert odds == ("" if pair["win_odds"] is None else f"{pair['win_odds']:.4f}")
     assert json.loads(report_render(data, "json")) == data
     with pytest.raises(ReportError, match="format"):
         report_render(data, "pdf")

@@ -403,3 +403,14 @@ def test_bootstrap_holm_is_over_the_pairs_it_can_test():
     tested = [by[("m0", "m1")], by[("m1", "m2")]]
     np.testing.assert_allclose([x["bootstrap_holm_p"] for x in tested], pw.holm([x["bootstrap_p"] for x in tested]))
     assert by[("m0", "m2")]["bootstrap_holm_p"] is None and by[("m0", "m2")]["verdict"] == "not compared"
+
+
+def test_win_odds_say_how_many_wins_per_loss_with_the_prompt_interval_mapped():
+    """The paper's headline, "won about twice as many comparisons": the odds of the win rate."""
+    r = report(clustered(20, 10, 2), 2, rounds=1000)
+    (pair,) = r["pairs"]
+    assert pair["win_rate_a"] == pytest.approx(2 / 3) and pair["win_odds"] == pytest.approx(2.0)
+    lo, hi = pair["bootstrap_prompt"]
+    assert pair["win_odds_bootstrap_prompt"] == [pytest.approx(lo / (1 - lo)), pytest.approx(hi / (1 - hi))]
+    swept = report(clustered(12, 0, 1), 2, rounds=200)["pairs"][0]
+    assert swept["win_odds"] is None  # every comparison won: no finite odds (JSON has no infinity)

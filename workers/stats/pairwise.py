@@ -409,6 +409,13 @@ def bootstrap_p(samples: np.ndarray, null: float = 0.5) -> np.ndarray:
     return np.where(rounds > 0, p, np.nan)
 
 
+def _odds(rate: float) -> float:
+    """rate / (1 - rate): how many of A's wins per one of B's (ties split); inf at 1, NaN undefined."""
+    if rate is None or np.isnan(rate):
+        return np.nan
+    return np.inf if rate >= 1.0 else float(rate / (1.0 - rate))
+
+
 def _distinct_per_pair(pair_of_vote: np.ndarray, ids, n_pairs: int):
     """How many distinct ids (prompts, annotators) each pair's comparisons come from."""
     if ids is None:
@@ -571,6 +578,9 @@ def pairwise_report(models: Sequence[str], model_a, model_b, outcome, prompt, an
             "a": models[i], "b": models[j], "n": n_pair[p], "wins_a": wins_i[p], "wins_b": wins_j[p],
             "ties": ties[p], "win_rate_a": wr[p], "wilson": [w_lo[p], w_hi[p]],
             "bootstrap_prompt": [wrp_lo[p], wrp_hi[p]], "bootstrap_annotator": [wra_lo[p], wra_hi[p]],
+            # "A won k times as many comparisons as B" (the paper's headline), ties split: the
+            # odds of the win rate; its interval is the prompt-bootstrap one, mapped (monotone).
+            "win_odds": _odds(wr[p]), "win_odds_bootstrap_prompt": [_odds(wrp_lo[p]), _odds(wrp_hi[p])],
             "prompts": n_prompts[p], "annotators": n_annotators[p],
             "sign_test_p": p_sign[p], "holm_p": p_holm[p],
             "bootstrap_p": p_boot[p], "bootstrap_holm_p": p_boot_holm[p], "verdict": verdict(p),
@@ -609,6 +619,8 @@ def pairwise_report(models: Sequence[str], model_a, model_b, outcome, prompt, an
         "position_bias": position,
         "methods": {
             "win_rate": "(wins + ties/2) / comparisons",
+            "win_odds": "win rate / (1 - win rate): A's wins per one of B's, ties split (2 = twice as many); "
+                        "its interval maps the prompt-bootstrap interval of the win rate",
             "wilson": "Wilson score interval, successes = wins + ties/2, n = comparisons incl. ties",
             "cluster_bootstrap": "clusters (prompts; annotators) resampled with replacement, percentile",
             "vote_bootstrap": "multinomial over distinct (pair, outcome) cells, percentile",
