@@ -350,6 +350,19 @@ class JudgmentAdmin(BigTableAdmin):
     readonly_on_change = ["item", "annotator", "assignment", "client_id", "choice", "score", "reason",
                           "a_on_left", "time_spent_ms", "gold_correct"]
     can_add = can_delete = False
+    actions = [*BigTableAdmin.actions, "leave_out_of_reports", "count_in_reports"]
+
+    @admin.action(description="Leave selected out of reports (flag)")
+    def leave_out_of_reports(self, request, queryset):
+        changed = queryset.filter(is_flagged=False).update(
+            is_flagged=True, flag_reason=f"left out by {request.user.get_username()} in the admin")
+        self.message_user(request, f"Left out of reports: {changed} judgment{'s' if changed != 1 else ''}.")
+
+    @admin.action(description="Count selected in reports (unflag)")
+    def count_in_reports(self, request, queryset):
+        """After resuming an annotator the gold check paused wrongly: their judgments count again."""
+        changed = queryset.filter(is_flagged=True).update(is_flagged=False, flag_reason="")
+        self.message_user(request, f"Counted in reports again: {changed} judgment{'s' if changed != 1 else ''}.")
 
 
 @admin.register(models.Skip)

@@ -684,3 +684,16 @@ def test_the_admin_is_branded_links_studies_to_their_page_and_offers_no_best_of_
     backends = [value for value, _ in res_client.get(add_url(Checkpoint)).context["adminform"].form
                 .fields["backend"].choices]
     assert "best_of_n" not in backends and "diffusers" in backends
+
+
+def test_judgments_are_left_out_of_reports_and_counted_again_in_bulk(world, res_client):
+    def judged():
+        return Judgment.objects.filter(item__study=world.study)
+
+    said_out = said(act(res_client, Judgment, "leave_out_of_reports", judged()))
+    assert said_out[0] == f"Left out of reports: {judged().count()} judgment{'s' if judged().count() > 1 else ''}."
+    assert all(j.is_flagged and j.flag_reason == "left out by res in the admin" for j in judged())
+    assert said(act(res_client, Judgment, "count_in_reports", judged()))[0].startswith("Counted in reports again")
+    assert not judged().filter(is_flagged=True).exists()
+    names = list(AuditEvent.objects.filter(action="admin.action").order_by("pk").values_list("details__name", flat=True))
+    assert names[-2:] == ["leave_out_of_reports", "count_in_reports"]
