@@ -33,10 +33,13 @@ from annotate.services.reports import DEFAULT_ROUNDS, MAX_ROUNDS, MIN_ROUNDS, Re
 
 class MembershipInline(ResearcherPermissions, admin.TabularInline):
     """The first members, paused or not; the pause goes through the service (which releases the
-    leases they hold). Members are added on the membership page, counters are the engine's."""
+    leases they hold). Members are added by username on the study's page (``add_members``);
+    counters are the engine's."""
 
     model = models.StudyMembership
     formset = FirstRowsFormSet
+    verbose_name_plural = (f"Study memberships (the first {FirstRowsFormSet.max_rows}; "
+                           "the membership list, filtered by this study, has them all)")
     fields = ["annotator", "is_paused", "paused_reason", "answered_count", "skipped_count", "gold_answered",
               "gold_correct", "external_worker_id", "joined_at", "completed_at"]
     readonly_fields = ["annotator", "answered_count", "skipped_count", "gold_answered", "gold_correct",
