@@ -182,7 +182,7 @@ def test_pause_releases_the_members_leases_and_resume_lets_them_back(researcher)
     assert StudyItem.objects.get(pk=lease.item_id).taken == 0
     (event,) = AuditEvent.objects.filter(action="membership.pause")
     assert event.actor == researcher and event.details == {
-        "study": study.pk, "annotator": ann.pk, "reason": "too fast", "leases_released": 1}
+        "study": study.pk, "annotator": ann.pk, "username": ann.username, "reason": "too fast", "leases_released": 1}
     refused = client_for(ann).post(reverse("api-next", args=[study.public_id]), {}, format="json")
     assert refused.status_code == 403 and refused.json()["error"] == "paused"
     members = {m["username"]: m for m in api.get(reverse("api-study-members", args=[study.pk])).json()}
