@@ -5,6 +5,7 @@ variant. (tests/integration/test_worker_process.py does the same for generation.
 import hashlib
 import io
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from tests.workers.tiny_rewards import save_clip
 
 PROMPTS = ["a photo of two cats", "a photo of three dogs", "a photo of a red cup and a blue vase",
            "a photo of a dog above a chair", "a photo of four apples", "a photo of a bird left of a truck"]
-PER_PROMPT = 30  # 180 images: time for the kill to land mid-job on a fast machine
+PER_PROMPT = 60  # 360 images
 
 
 def _scene() -> Checkpoint:
@@ -43,6 +44,18 @@ def _scene() -> Checkpoint:
     return checkpoint
 
 
+def _stop_when(worker, job, enough, seconds: float = 60) -> None:
+    """SIGSTOP ``worker`` as soon as ``enough(done_images)``, polling every millisecond."""
+    done = ScoringJob.objects.filter(pk=job.pk).values_list("done_images", flat=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and worker.poll() is None:
+        if enough(done.first()):
+            worker.send_signal(signal.SIGSTOP)
+            return
+        time.sleep(0.001)
+    pytest.fail(f"the worker never got that far (done {done.first()}, exit {worker.poll()})")
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_scoring_worker_killed_mid_job_and_replaced_scores_every_image_once(media_root, tmp_path, not_eager):  # noqa: F811
@@ -58,7 +71,10 @@ def test_a_scoring_worker_killed_mid_job_and_replaced_scores_every_image_once(me
     try:
         wait_for(job, first, 60, lambda j: j.status == "running")
         second = start_worker(media_root, log2)  # starts up while the first one scores
-        wait_for(job, first, 60, lambda j: j.done_images >= 10)
+        # The worker scores hundreds of images a second: it is stopped (SIGSTOP, at once) as
+        # soon as some are stored, then killed, so the kill lands mid-job on any machine.
+        _stop_when(first, job, lambda done: done >= 10)
+        job.refresh_from_db()
         assert job.status == "running" and 10 <= job.done_images < total, log.read_text()[-3000:]
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
