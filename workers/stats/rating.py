@@ -23,15 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from workers.stats.pairwise import MIN_CLUSTERS, bootstrap_p, holm, wilson_interval
-
-
-def _interval(samples: np.ndarray, confidence: float):
-    q = (1.0 - confidence) / 2.0
-    with np.errstate(invalid="ignore"):
-        if samples.size == 0 or np.all(np.isnan(samples)):
-            return np.full(samples.shape[1:], np.nan), np.full(samples.shape[1:], np.nan)
-        return np.nanquantile(samples, q, axis=0), np.nanquantile(samples, 1.0 - q, axis=0)
+from workers.stats.pairwise import MIN_CLUSTERS, _interval, bootstrap_p, holm, wilson_interval
 
 
 def rating_report(models: Sequence[str], model, aligned, prompt, rounds: int = 1000, seed: int = 0,
