@@ -199,12 +199,10 @@ def _standing(rating: dict, anchor_only: bool = False) -> str | None:
 
 
 def _odds_text(odds, interval) -> str:
-    """'1.7 (1.2–2.5)': A's wins per one of B's, with its prompt-bootstrap interval."""
-    if odds is None:
-        return "n/a"
-    shown = "all" if odds == float("inf") else f"{odds:.2f}"
-    lo, hi = interval or (None, None)
-    return shown if lo is None or hi is None else f"{shown} ({lo:.2f}–{'∞' if hi == float('inf') else f'{hi:.2f}'})"
+    """'1.70 (1.20–2.50)': A's wins per one of B's, with its prompt-bootstrap interval (none is
+    infinite here: the report's JSON holds no infinity, so A winning every comparison is n/a)."""
+    interval_text = _text_interval(interval, 2)
+    return NA if odds is None else f"{odds:.2f}" if interval_text == NA else f"{odds:.2f} ({interval_text})"
 
 
 def _pair_view(p: dict) -> dict:

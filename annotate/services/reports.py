@@ -4,6 +4,7 @@ a Report's file. Large studies are built by a Celery task (``report_request``); 
 ``export_report`` command builds one in place."""
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
@@ -146,9 +147,7 @@ def _warnings(study: Study, counted, data: dict) -> list[str]:
     if study.status != Study.Status.CLOSED:
         notes.append(f"The study is {study.status}: the figures will change as judgments come in.")
     items = list(study.items.filter(is_gold=False).values_list("pk", flat=True))
-    per_item: dict = {}
-    for r in counted:
-        per_item[r[0]] = per_item.get(r[0], 0) + 1
+    per_item = Counter(r[0] for r in counted)
     short = sum(1 for pk in items if per_item.get(pk, 0) < study.redundancy)
     if short:
         notes.append(f"{short} of {len(items)} items have fewer than {study.redundancy} counted judgments "
