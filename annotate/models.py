@@ -447,6 +447,10 @@ class Study(models.Model):
     # Off: only invited members annotate. On: /s/<public_id>/?PROLIFIC_PID=... makes an account
     # for each crowd worker who arrives by it (anyone who has the link).
     crowd_link = models.BooleanField(default=False, help_text="crowd workers join by the study's link")
+    # Leases one annotator may hold at once in this study: the page holds the item on screen and
+    # one preloaded; a few more cover a second tab. Without a cap one account could hoard items.
+    max_open_leases = models.PositiveSmallIntegerField(
+        default=3, help_text="items one annotator may hold at once (1-20)")
     # Items are made with the study and never added later; kept so pages need not count them.
     item_count = models.PositiveIntegerField(default=0)
     dataset = models.ForeignKey(
@@ -474,6 +478,8 @@ class Study(models.Model):
                 name="study_gold_accuracy_fraction",
             ),
             models.CheckConstraint(condition=Q(lease_seconds__gte=1), name="study_lease_positive"),
+            models.CheckConstraint(
+                condition=Q(max_open_leases__gte=1, max_open_leases__lte=20), name="study_open_leases_bounded"),
         ]
 
     def get_absolute_url(self) -> str:
@@ -551,6 +557,12 @@ class StudyMembership(models.Model):
     )
     external_worker_id = models.CharField(max_length=128, blank=True)
     external_session_id = models.CharField(max_length=128, blank=True)
+    # A crowd worker's session is bound to the browser that joined: the SHA-256 of a secret kept
+    # in that browser's cookie. Another browser with the same worker id is refused.
+    crowd_browser_hash = models.CharField(max_length=64, blank=True)
+    # The worker's own completion code (crowd members only), which the researcher's export lists
+    # so that a code pasted into the crowd platform can be checked against the work done.
+    completion_code = models.CharField(max_length=32, blank=True)
     is_paused = models.BooleanField(default=False)
     paused_reason = models.CharField(max_length=300, blank=True)
     gold_answered = models.PositiveIntegerField(default=0)

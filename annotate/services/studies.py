@@ -61,7 +61,7 @@ def image_truth(image, positive_labels: int | None = None) -> bool | None:
 # What a study's settings may be, wherever they are set (services, API, admin add and change).
 SETTING_BOUNDS = {"redundancy": (1, 100), "gold_share": (0.0, 1.0), "gold_min_accuracy": (0.0, 1.0),
                   "gold_min_answers": (1, 1000), "lease_seconds": (10, 24 * 3600),
-                  "items_per_annotator": (1, 2**31 - 1)}
+                  "items_per_annotator": (1, 2**31 - 1), "max_open_leases": (1, 20)}
 
 
 def study_settings_check(fields: dict) -> None:
