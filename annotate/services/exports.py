@@ -13,11 +13,11 @@ selectors hand out querysets and small payloads.
 The columns are those of the paginated JSON export (``apis.JudgmentExportOutput``), in the same
 order and with the same values: ``answer`` in the item's own terms, ``created_at`` in ISO 8601
 with ``Z`` for UTC. CSV writes booleans as ``true`` / ``false`` and nulls as empty cells.
+A text cell that would start a spreadsheet formula gets a leading ``'`` (``annotate.csv_safe``).
 Rows come in judgment id order.
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 import json
@@ -27,6 +27,7 @@ from contextlib import nullcontext
 from django.db import connections, router, transaction
 from django.utils import timezone
 
+from annotate import csv_safe
 from annotate.models import Judgment, Study
 from annotate.services.annotation import answer_in_item_terms
 
@@ -107,8 +108,8 @@ def _chunks(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
         yield chunk
 
 
-def judgments_export_chunks(*, study: Study, fmt: str, chunk_size: int | None = None) -> Iterator[str]:
-    """The export as text pieces: the CSV header first, then one piece per ``chunk_size`` rows.
+def judgment_record_chunks(*, study: Study, fmt: str, chunk_size: int | None = None) -> Iterator[list[list]]:
+    """The export's rows (``COLUMNS``, booleans as ``fmt`` writes them), ``chunk_size`` at a time.
 
     On PostgreSQL the rows are read in a transaction, so that the named cursor streams
     (outside one Django declares it WITH HOLD, and PostgreSQL materialises the whole result
@@ -118,23 +119,31 @@ def judgments_export_chunks(*, study: Study, fmt: str, chunk_size: int | None = 
         raise ExportError(f"unknown format {fmt!r}: {' or '.join(FORMATS)}")
     size = chunk_size or CHUNK_SIZE
     tz = timezone.get_current_timezone()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if fmt == "csv":
-        writer.writerow(COLUMNS)
-        yield take(buffer)
+    boolean = _CSV_BOOL if fmt == "csv" else _same
     alias = router.db_for_read(Judgment)
     streams = connections[alias].vendor == "postgresql"
     with transaction.atomic(using=alias) if streams else nullcontext():
         rows = judgment_rows(study=study).using(alias).iterator(chunk_size=size)
         for chunk in _chunks(rows, size):
-            if fmt == "csv":
-                writer.writerows(_record(row, tz, _CSV_BOOL) for row in chunk)
-            else:
-                dumps = json.dumps
-                buffer.write("".join(dumps(dict(zip(COLUMNS, _record(row, tz))), ensure_ascii=False) + "\n"
-                                     for row in chunk))
-            yield take(buffer)
+            yield [_record(row, tz, boolean) for row in chunk]
+
+
+def judgments_export_chunks(*, study: Study, fmt: str, chunk_size: int | None = None) -> Iterator[str]:
+    """The export as text pieces: the CSV header first, then one piece per ``chunk_size`` rows."""
+    records = judgment_record_chunks(study=study, fmt=fmt, chunk_size=chunk_size)
+    buffer = io.StringIO()
+    writer = csv_safe.writer(buffer, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(COLUMNS)
+        yield take(buffer)
+    for chunk in records:
+        if fmt == "csv":
+            writer.writerows(chunk)
+        else:
+            dumps = json.dumps
+            buffer.write("".join(dumps(dict(zip(COLUMNS, record)), ensure_ascii=False) + "\n"
+                                 for record in chunk))
+        yield take(buffer)
 
 
 def take(buffer: io.StringIO) -> str:

@@ -6,13 +6,13 @@ their digits (5.3e-08). The HTML is for people: a missing value says "n/a", a p-
 0.0001 prints as "<0.0001", a verdict or a rating that the data cannot give is said in words."""
 from __future__ import annotations
 
-import csv
 import io
 import json
 from html import escape
 
 from django.template.loader import render_to_string
 
+from annotate import csv_safe
 from workers.stats.pairwise import ELO_ANCHOR, MIN_CLUSTERS
 
 DEFAULT_CONFIDENCE = 0.95  # a report without figures yet (no judgments counted)
@@ -29,16 +29,18 @@ def _confidence(data: dict) -> float:
 
 
 # ---------------------------------------------------------------------------------------- CSV
+# Numbers formatted here are NumberText, which the writer leaves as they are: "-0.2500" stays a
+# number in a spreadsheet, while study, checkpoint and annotator names are neutralised.
 def _cell(value, digits: int = 4) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+    return "" if value is None else csv_safe.number_text(value, f".{digits}f")
 
 
 def _cell_count(value) -> str:
-    return "" if value is None else f"{value:.0f}"
+    return "" if value is None else csv_safe.number_text(value, ".0f")
 
 
 def _cell_p(value) -> str:
-    return "" if value is None else f"{value:.6g}"  # 5.3e-08, not 0.000000
+    return "" if value is None else csv_safe.number_text(value, ".6g")  # 5.3e-08, not 0.000000
 
 
 def _cells(bounds, digits: int = 4) -> list[str]:
@@ -131,7 +133,7 @@ def render_csv(data: dict) -> str:
     and pairs of checkpoints (rating), agreement coefficients, Cohen's kappa per pair of
     annotators, leave-one-out majority, gold accuracy."""
     out = io.StringIO()
-    w = csv.writer(out)
+    w = csv_safe.writer(out)
     _csv_inputs(w, data)
     _block(w, ["warning"], ([note] for note in data.get("warnings") or []))
     if data.get("pairwise"):
