@@ -17,6 +17,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from annotate.media import random_image_name
+
 
 class Dataset(models.Model):
     class Source(models.TextChoices):
@@ -199,7 +201,9 @@ class GenerationJob(WorkerJob):
 
 
 def image_upload_to(instance: "Image", filename: str) -> str:
-    return f"images/{filename}"
+    # The name given (a prompt, a model) never reaches storage: annotate/media.py.
+    extension = filename.rpartition(".")[2].lower()
+    return random_image_name(extension if extension in ("jpg", "jpeg", "png", "webp") else "jpg")
 
 
 class Image(models.Model):

@@ -1,5 +1,3 @@
-from django.conf import settings
-from django.conf.urls.static import static
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -15,5 +13,5 @@ urlpatterns = [
 # A database error raised outside a view (in a middleware such as sessions') answers 503 too.
 handler500 = "webapp.middleware.server_error"
 
-if settings.DEBUG and settings.MEDIA_STORAGE == "local":
-    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)
+# No URL serves MEDIA_ROOT, DEBUG included: images go out only through the views that check
+# membership and leases (annotate_image, researcher_image), reports through their download view.

@@ -8,7 +8,8 @@ number of GPU workers share it and no two of them are given the same image.
 Every step is idempotent: a run computes which of its images are missing and makes only
 those, so a rerun, a redelivered task or a restart after a crash completes the job without
 duplicates (the unique constraint on checkpoint, prompt, seed and index backs this up, and
-a redone image overwrites its own file under the same name).
+a redone image overwrites its own file under the same name: a keyed hash of the four, so
+the name tells none of them; annotate/media.py).
 
 On the hot loop the worker only generates: JPEG encoding and storage run on a small thread
 pool with a bounded number of images in flight, and the rows of each finished batch are
@@ -17,7 +18,6 @@ written in one bulk insert with the job's progress.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +30,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from annotate.media import image_clean, keyed_image_name
 from annotate.models import GenerationJob, Image
 from annotate.services.generation import generation_job_images
 from annotate.services.paths import input_path_check
@@ -54,7 +55,8 @@ def generation_chunk_size() -> int:
 
 
 def generated_image_name(*, checkpoint_id: int, prompt_id: int, seed: int, index: int) -> str:
-    return f"generated/{checkpoint_id}/{prompt_id}_{seed}_{index}.jpg"
+    """Every worker names an image alike (they share CALIBRA_MEDIA_NAME_KEY or SECRET_KEY)."""
+    return keyed_image_name("generated", checkpoint_id, prompt_id, seed, index)
 
 
 @dataclass(frozen=True)
@@ -226,9 +228,8 @@ def _write_rows(job: GenerationJob, stored: list[tuple[Planned, Generated, str, 
 
 
 def encode_jpeg(image) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+    """A generated image as stored: its pixels alone, whatever the backend put in ``info``."""
+    return image_clean(image, keep_png=False).content
 
 
 def _store(checkpoint_id: int, planned: Planned, generated: Generated):

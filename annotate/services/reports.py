@@ -12,6 +12,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone as dj_timezone
 
+from annotate.media import random_report_name
 from annotate.models import Judgment, Report, Study
 from annotate.services.enqueue import enqueue_after_commit
 from workers.stats.agreement import agreement_report, rating_matrix
@@ -237,8 +238,8 @@ def report_build(report_id: int) -> Report:
         data = study_report_data(study=report.study, rounds=int(report.params.get("rounds", DEFAULT_ROUNDS)),
                                  seed=int(report.params.get("seed", DEFAULT_SEED)))
         content = report_render(data, report.format)
-        name = f"reports/{report.study.public_id}/report-{report.pk}.{report.format}"
-        report.file.save(name, ContentFile(content), save=False)
+        # reports/<random>: nothing of the study's in the name; only the download view serves it.
+        report.file.save(random_report_name(report.format), ContentFile(content), save=False)
     except Exception as exc:
         Report.objects.filter(pk=report.pk).update(status=Report.Status.FAILED, error=f"{type(exc).__name__}: {exc}",
                                                    finished_at=dj_timezone.now())

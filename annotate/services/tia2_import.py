@@ -4,8 +4,9 @@ Three phases, so that bad input never leaves anything half written:
 1. parse and validate every JSON file (pure Python; errors name the file and the key);
 2. when an image folder is given, read and check every image file it holds;
 3. write everything in one transaction, creating only what is not there yet.
-Image files are copied into media storage under content-addressed names before the
-transaction; if the transaction fails the files this run added are deleted again.
+Image files are re-encoded from their pixels (no metadata reaches annotators:
+annotate/media.py) and stored under random names before the transaction; if the
+transaction fails the files this run added are deleted again.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count
 
+from annotate.media import CleanImage, image_file_clean, random_image_name
 from annotate.models import ContrastivePromptSet, Dataset, HumanLabel, Image, Prompt
 from annotate.services.paths import PathNotAllowed, input_path_check
 
@@ -43,14 +45,6 @@ class ParsedImage:
 
 
 @dataclass
-class ImageFile:
-    content: bytes
-    sha256: str
-    width: int
-    height: int
-
-
-@dataclass
 class ParsedCategory:
     category: str
     labels_path: Path
@@ -58,7 +52,7 @@ class ParsedCategory:
     images: list[ParsedImage] = field(default_factory=list)
     contrastive: dict[int, list[str]] = field(default_factory=dict)
     contrastive_listed: int = 0
-    files: dict[str, ImageFile] = field(default_factory=dict)
+    files: dict[str, CleanImage] = field(default_factory=dict)
 
     @property
     def dataset_name(self) -> str:
@@ -135,19 +129,11 @@ def _parse_prompt_sets(path: Path, parsed: ParsedCategory) -> None:
                               f"(the first: {first!r})")
 
 
-def _read_image_file(path: Path) -> ImageFile:
-    from PIL import Image as PILImage
-
+def _read_image_file(path: Path) -> CleanImage:
     try:
-        content = path.read_bytes()
-        with PILImage.open(path) as img:
-            width, height = img.size
-            # A reduced decode still reads the whole stream: a truncated file fails here.
-            img.draft("RGB", (64, 64))
-            img.load()
+        return image_file_clean(path)  # a full decode: a truncated file fails here
     except Exception as exc:  # Pillow raises many types for bad files
         raise Tia2ImportError(f"{path}: cannot read image: {exc}") from exc
-    return ImageFile(content, hashlib.sha256(content).hexdigest(), width, height)
 
 
 def parse_release(root: Path, images_dir: Path | None = None) -> list[ParsedCategory]:
@@ -178,10 +164,6 @@ def parse_release(root: Path, images_dir: Path | None = None) -> list[ParsedCate
 
 def _set_version(texts: list[str]) -> str:
     return "tia2-" + hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
-
-
-def _storage_name(category: str, img: ParsedImage, file: ImageFile) -> str:
-    return f"tia2/{category}/{file.sha256[:16]}_{img.name}"
 
 
 @dataclass
@@ -231,10 +213,9 @@ def _write_category(parsed: ParsedCategory, result: ImportResult, saved_files: l
         row = existing.get((prompt_id, img.seed, img.index))
         file_fields = {}
         if file is not None and (row is None or not row["file"]):
-            name = _storage_name(parsed.category, img, file)
-            if not default_storage.exists(name):
-                saved_files.append(default_storage.save(name, ContentFile(file.content)))
-            file_fields = {"file": name, "sha256": file.sha256, "size_bytes": len(file.content),
+            name = default_storage.save(random_image_name(file.extension), ContentFile(file.content))
+            saved_files.append(name)
+            file_fields = {"file": name, "sha256": file.sha256, "size_bytes": file.size_bytes,
                            "width": file.width, "height": file.height}
         if row is None:
             new_images.append(Image(prompt_id=prompt_id, seed=img.seed, index=img.index,

@@ -3,8 +3,9 @@
 The checks run cheapest first and never decode more than they must: the byte size (from the
 upload's ``size``, before the file is opened), the format and the pixel count (from the
 header alone), and only then a full decode, which finds truncated files. A file that passes
-is stored under a content-addressed name and recorded as an imported Image in one
-transaction; if the transaction fails the stored file is deleted again.
+is re-encoded from its pixels (no metadata reaches annotators: annotate/media.py), stored
+under a random name and recorded as an imported Image in one transaction; if the
+transaction fails the stored file is deleted again.
 """
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import hashlib
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from annotate.media import CleanImage, image_clean, random_image_name
 from annotate.models import Dataset, Image, Prompt
 
-# Formats the annotation pages show as they are; the value is the stored file's extension.
-# MPO is what Pillow calls a camera's JPEG that carries extra frames: a JPEG to a browser.
-ACCEPTED_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
+# MPO is what Pillow calls a camera's JPEG that carries extra frames.
+ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_SEED = 2**63 - 1
@@ -49,16 +51,14 @@ def _megabytes(n: int) -> str:
 
 @dataclass(frozen=True)
 class CheckedImage:
-    sha256: str
-    size_bytes: int
-    width: int
-    height: int
-    extension: str
+    sent_sha256: str  # of the file as sent
+    clean: CleanImage  # what is stored
 
 
 def image_file_check(file, *, max_bytes: int | None = None, max_pixels: int | None = None) -> CheckedImage:
-    """What an uploaded image file holds, or UploadError (field ``file``). Reads the file, never
-    more than ``max_bytes`` of it, and decodes it only when its header is within ``max_pixels``."""
+    """An uploaded image file's pixels re-encoded, or UploadError (field ``file``). Reads the
+    file, never more than ``max_bytes`` of it, and decodes it only when its header is within
+    ``max_pixels``."""
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
@@ -80,8 +80,7 @@ def image_file_check(file, *, max_bytes: int | None = None, max_pixels: int | No
             if width * height > max_pixels:
                 raise UploadError("file", f"{width} x {height} pixels is more than the limit of "
                                           f"{max_pixels:,} pixels (a decompression bomb?)")
-            img.draft("RGB", (64, 64))  # a JPEG decodes at 1/8 scale, still reading all of it
-            img.load()  # the whole stream: a truncated or corrupt file fails here
+            clean = image_clean(img)  # decodes the whole stream: a truncated or corrupt file fails here
     except UploadError:
         raise
     except PILImage.DecompressionBombError as exc:
@@ -94,12 +93,7 @@ def image_file_check(file, *, max_bytes: int | None = None, max_pixels: int | No
     digest = hashlib.sha256()
     for chunk in file.chunks():
         digest.update(chunk)
-    return CheckedImage(digest.hexdigest(), file.size, width, height, ACCEPTED_FORMATS[img.format])
-
-
-def _storage_name(prompt: Prompt, checked: CheckedImage, seed: int, index: int) -> str:
-    return (f"uploads/{prompt.dataset_id}/{checked.sha256[:16]}_{prompt.source_index}_{seed}_{index}"
-            f".{checked.extension}")
+    return CheckedImage(digest.hexdigest(), clean)
 
 
 def _slot_taken(prompt: Prompt, seed: int, index: int) -> UploadError:
@@ -136,17 +130,17 @@ def image_upload(*, dataset: Dataset, prompt_id: int, file, seed: int | None = N
     else:
         taken = imported.filter(index=index).first()
         if taken is not None:
-            if taken.sha256 == checked.sha256:
+            # Rows stored before uploads were re-encoded hold the sent file's hash.
+            if taken.sha256 in (checked.clean.sha256, checked.sent_sha256):
                 return UploadResult(taken, created=False)
             raise _slot_taken(prompt, seed, index)
-    file.seek(0)
-    name = default_storage.save(_storage_name(prompt, checked, seed, index), file)
+    clean = checked.clean
+    name = default_storage.save(random_image_name(clean.extension), ContentFile(clean.content))
     try:
         with transaction.atomic():
             image = Image.objects.create(
                 prompt=prompt, seed=seed, index=index, source_name=(file.name or "")[:255], file=name,
-                sha256=checked.sha256, size_bytes=checked.size_bytes, width=checked.width,
-                height=checked.height,
+                sha256=clean.sha256, size_bytes=clean.size_bytes, width=clean.width, height=clean.height,
             )
     except IntegrityError:  # another upload took the slot meanwhile
         default_storage.delete(name)

@@ -4,6 +4,10 @@ from webapp.env import DATA_DIR, env
 MEDIA_URL = "/media/"
 MEDIA_ROOT = env.str("MEDIA_ROOT", default=str(DATA_DIR / "media"))
 MEDIA_STORAGE = env.str("MEDIA_STORAGE", default="local")
+# The HMAC key that names generated images (images/<hash>.jpg): the same name for the same
+# checkpoint, prompt, seed and index on every worker, yet none of them readable from it.
+# Empty: derived from SECRET_KEY. Every worker needs the same value (annotate/media.py).
+CALIBRA_MEDIA_NAME_KEY = env.str("CALIBRA_MEDIA_NAME_KEY", default="")
 
 # Origins that media URLs (``FieldFile.url``) point at, for the Content-Security-Policy's
 # img-src: none with local storage (same origin).
