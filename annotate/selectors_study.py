@@ -225,8 +225,7 @@ class AnnotatorRow:
 
     @property
     def gold_accuracy(self) -> float | None:
-        m = self.membership
-        return m.gold_correct / m.gold_answered if m.gold_answered else None
+        return membership_gold_accuracy(self.membership)
 
     @property
     def median_seconds(self) -> float | None:
@@ -239,6 +238,10 @@ class AnnotatorRow:
     @property
     def gold_percent(self) -> float | None:
         return None if self.gold_accuracy is None else 100 * self.gold_accuracy
+
+
+def membership_gold_accuracy(membership: StudyMembership) -> float | None:
+    return membership.gold_correct / membership.gold_answered if membership.gold_answered else None
 
 
 def study_annotator_table(study: Study) -> list[AnnotatorRow]:
@@ -339,6 +342,25 @@ def loo_agreement_counts(rows: np.ndarray, max_cells: int = AGREEMENT_MAX_CELLS
             compared[k] += result.n_compared
             agreed[k] += result.n_agree
     return {int(a): (int(c), int(g)) for a, c, g in zip(annotators, compared, agreed)}
+
+
+# --------------------------------------------------------------------------- crowd workers
+
+
+CROWD_WORKER_COLUMNS = ["worker_id", "username", "answered", "skipped", "gold_accuracy", "completion_code"]
+
+
+def study_crowd_worker_rows(study: Study) -> list[tuple]:
+    """One row per crowd worker (CROWD_WORKER_COLUMNS), by worker id: the code each was given
+    next to the work they did, for checking the codes a crowd platform reports before paying."""
+    members = (StudyMembership.objects.filter(study_id=study.pk).exclude(external_worker_id="")
+               .select_related("annotator").order_by("external_worker_id"))
+    rows = []
+    for m in members:
+        accuracy = membership_gold_accuracy(m)
+        rows.append((m.external_worker_id, m.annotator.username, m.answered_count, m.skipped_count,
+                     None if accuracy is None else round(accuracy, 3), m.completion_code))
+    return rows
 
 
 # --------------------------------------------------------------------------- reports

@@ -3,7 +3,6 @@ import functools
 import logging
 import mimetypes
 
-import markdown
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
@@ -12,18 +11,19 @@ from django.core.files.storage import default_storage
 from django.db import connection
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.html import escape
-from django.utils.safestring import mark_safe
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from annotate import selectors
-from annotate.audit import audit
+from annotate.audit import audit, client_ip
+from annotate.markdown_safe import render_markdown
 from annotate.models import Dataset, Report, Study
 from annotate.roles import is_researcher
 from annotate.services.annotation import progress_of
-from annotate.services.studies import StudyError, crowd_username, crowd_worker_join
+from annotate.services.crowd import (
+    CrowdEntryRefused, crowd_browser_secret, crowd_link_param, crowd_username, crowd_worker_join,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,7 @@ def dataset_detail(request, dataset_id: int):
 
 
 def _instructions_html(text: str) -> str:
-    # Researchers write Markdown; raw HTML in it is shown as text, never run.
-    return mark_safe(markdown.markdown(escape(text)))  # noqa: S308
+    return render_markdown(text)
 
 
 @never_cache
@@ -162,10 +161,17 @@ def annotate_image(request, study_id, item_id, slot: str):
     return response
 
 
+# The secret that binds a crowd worker's account to their browser: sent back only to the
+# study's link (its path), never readable by scripts.
+CROWD_COOKIE = "calibra_crowd"
+CROWD_COOKIE_MAX_AGE = 90 * 24 * 3600
+
+
 @never_cache
 def crowd_start(request, study_id):
     """A crowd study link: ?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=... signs the worker in,
-    for a study whose crowd link is on (404 otherwise: the study's id is no invitation).
+    for a study whose crowd link is on (404 otherwise: the study's id is no invitation), in the
+    browser that first used this worker id only (annotate.services.crowd).
     Someone already signed in as another account stays who they are: a link followed from
     elsewhere never signs a researcher out."""
     study = get_object_or_404(Study, public_id=study_id)
@@ -175,18 +181,23 @@ def crowd_start(request, study_id):
         return redirect("annotate-study", study_id=study.public_id)
     if not study.crowd_link:
         raise Http404
-    if not worker_id:
-        return render(request, "annotate/crowd_error.html", {"error": "This link needs a PROLIFIC_PID."}, status=400)
     if request.user.is_authenticated:
         return render(request, "annotate/crowd_error.html", {
             "error": f"You are signed in as {request.user.username}. Sign out first to take part as a crowd worker."},
             status=409)
+    secret = crowd_browser_secret(request.COOKIES.get(CROWD_COOKIE))
     try:
-        user = crowd_worker_join(study=study, worker_id=worker_id, session_id=request.GET.get("SESSION_ID", ""))
-    except StudyError as exc:
-        return render(request, "annotate/crowd_error.html", {"error": str(exc)}, status=400)
+        crowd_link_param("STUDY_ID", request.GET.get("STUDY_ID", ""))
+        user = crowd_worker_join(study=study, worker_id=worker_id, browser_secret=secret,
+                                 session_id=request.GET.get("SESSION_ID", ""), address=client_ip(request))
+    except CrowdEntryRefused as exc:
+        return render(request, "annotate/crowd_error.html", {"error": str(exc), "field": exc.field},
+                      status=exc.status)
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-    return redirect("annotate-study", study_id=study.public_id)
+    response = redirect("annotate-study", study_id=study.public_id)
+    response.set_cookie(CROWD_COOKIE, secret, max_age=CROWD_COOKIE_MAX_AGE, httponly=True, samesite="Lax",
+                        secure=request.is_secure(), path=reverse("crowd-start", args=[study.public_id]))
+    return response
 
 
 def healthz(request):

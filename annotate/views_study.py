@@ -2,16 +2,18 @@
 and pause actions (POST forms that come back to the page; a refusal shows on it with 400)."""
 from __future__ import annotations
 
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from annotate import csv_safe
 from annotate import selectors_study as sel
 from annotate.audit import audit
 from annotate.charts import column_chart_svg
 from annotate.models import Report, Study, StudyMembership
+from annotate.services.crowd import crowd_browser_release
 from annotate.services.reports import ReportError, report_request
 from annotate.services.studies import (
     StudyError, membership_pause, membership_resume, study_close, study_crowd_link_set, study_open, study_reopen,
@@ -36,6 +38,7 @@ def _study_page(request, study: Study, *, status: int = 200, **extra):
     progress = sel.study_progress(study)
     pace = sel.study_judgments_per_hour(study, hours=48)
     eta = sel.eta_hours(progress, pace)
+    annotators = sel.study_annotator_table(study)
     labels = [f"{h:%H}h" for h in pace.hours]
     context = {
         "study": study,
@@ -48,7 +51,8 @@ def _study_page(request, study: Study, *, status: int = 200, **extra):
             label=f"Judgments per hour over the last 48 hours (UTC): {pace.total} in all")),
         "rate_window_hours": sel.RATE_WINDOW_HOURS,
         "eta": None if eta is None else format_duration(eta) if eta > 0 else "",
-        "annotators": sel.study_annotator_table(study),
+        "annotators": annotators,
+        "crowd_workers": any(row.membership.external_worker_id for row in annotators),
         "skips": sel.study_skips(study),
         "flagged": sel.study_flagged(study),
         "agreement_min_items": sel.AGREEMENT_MIN_ITEMS,
@@ -114,8 +118,26 @@ def _resume(request, membership: StudyMembership) -> None:
     membership_resume(membership=membership)
 
 
+def _release_browser(request, membership: StudyMembership) -> None:
+    crowd_browser_release(membership=membership)
+
+
 def _study_url(study: Study) -> str:
     return reverse("study-detail", kwargs={"study_id": study.pk})
+
+
+@researcher_required
+@require_GET
+def study_crowd_workers_csv(request, study_id: int):
+    """The crowd workers with the completion code each was given and the work they did."""
+    study = get_object_or_404(Study, pk=study_id)
+    response = HttpResponse(content_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="study-{study.pk}-crowd-workers.csv"',
+        "Cache-Control": "private, no-store"})
+    out = csv_safe.writer(response)
+    out.writerow(sel.CROWD_WORKER_COLUMNS)
+    out.writerows(sel.study_crowd_worker_rows(study))
+    return response
 
 
 @researcher_required
@@ -160,8 +182,11 @@ urlpatterns = [
     path(_STUDY + "reopen/", _lifecycle_view(study_reopen, "study_reopen"), name="study-reopen"),
     path(_STUDY + "crowd-link/on/", _lifecycle_view(_crowd_link_on, "crowd_link_on"), name="study-crowd-link-on"),
     path(_STUDY + "crowd-link/off/", _lifecycle_view(_crowd_link_off, "crowd_link_off"), name="study-crowd-link-off"),
+    path(_STUDY + "crowd-workers.csv", study_crowd_workers_csv, name="study-crowd-workers-csv"),
     path(_MEMBER + "pause/", _member_view(_pause, "membership_pause"), name="study-member-pause"),
     path(_MEMBER + "resume/", _member_view(_resume, "membership_resume"), name="study-member-resume"),
+    path(_MEMBER + "release-browser/", _member_view(_release_browser, "membership_release_browser"),
+         name="study-member-release-browser"),
     path(_STUDY + "reports/build/", study_report_build, name="study-report-build"),
     path(_STUDY + "reports/<int:report_id>/preview/", study_report_preview, name="study-report-preview"),
 ]

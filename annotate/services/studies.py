@@ -8,14 +8,12 @@ from collections import defaultdict
 from typing import NamedTuple
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from annotate.audit import audit
 from annotate.models import Assignment, Checkpoint, Dataset, Image, Study, StudyItem, StudyMembership
-from annotate.roles import ANNOTATORS
 
 PAIRWISE_QUESTION = "Which image matches the description better?"
 RATING_QUESTION = "Does the image match the description?"
@@ -293,31 +291,3 @@ def study_crowd_link_set(*, study: Study, enabled: bool) -> Study:
     audit(None, "study.crowd_link", study, enabled=study.crowd_link)
     return study
 
-
-class CrowdLinkOff(StudyError):
-    """The study takes invited annotators only."""
-
-
-def crowd_username(study: Study, worker_id: str) -> str:
-    return f"crowd-{study.public_id.hex[:8]}-{worker_id}"
-
-
-@transaction.atomic
-def crowd_worker_join(*, study: Study, worker_id: str, session_id: str = ""):
-    """The annotator account of a crowd worker (Prolific-style link), limited to this study."""
-    if not study.crowd_link:
-        raise CrowdLinkOff("this study takes invited annotators only")
-    if not worker_id or len(worker_id) > 64 or not worker_id.replace("-", "").replace("_", "").isalnum():
-        raise StudyError("PROLIFIC_PID must be 1-64 letters, digits, '-' or '_'")
-    if study.status != Study.Status.OPEN:
-        raise StudyError("this study is not open")
-    user, created = get_user_model().objects.get_or_create(username=crowd_username(study, worker_id))
-    if created:
-        user.set_unusable_password()  # signs in through the study link only
-        user.save()
-        user.groups.add(Group.objects.get_or_create(name=ANNOTATORS)[0])
-    membership, _ = StudyMembership.objects.get_or_create(study=study, annotator=user)
-    membership.external_worker_id = worker_id
-    membership.external_session_id = session_id or membership.external_session_id
-    membership.save(update_fields=["external_worker_id", "external_session_id"])
-    return user

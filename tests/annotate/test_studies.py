@@ -7,8 +7,9 @@ from django.core.management import call_command
 from PIL import Image as PILImage
 
 from annotate.models import Checkpoint, Dataset, Image, StudyItem, StudyMembership
+from annotate.services.crowd import crowd_worker_join
 from annotate.services.studies import (
-    StudyError, crowd_worker_join, study_add_members, study_crowd_link_set, study_create_pairwise, study_create_rating, study_open,
+    StudyError, study_add_members, study_crowd_link_set, study_create_pairwise, study_create_rating, study_open,
 )
 from tests.factories import make_images
 
@@ -116,17 +117,17 @@ def test_crowd_worker_gets_an_account_limited_to_the_study():
     dataset, checkpoints = make_images(prompts=1)
     study = study_open(study=study_create_pairwise(name="s", dataset=dataset, checkpoints=checkpoints))
     with pytest.raises(StudyError, match="invited annotators only"):  # the link is off by default
-        crowd_worker_join(study=study, worker_id="5f1a2b3c")
+        crowd_worker_join(study=study, worker_id="5f1a2b3c", browser_secret="b")
     study_crowd_link_set(study=study, enabled=True)
-    user = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-1")
-    again = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-2")
+    user = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-1", browser_secret="b")
+    again = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-2", browser_secret="b")
     assert user == again and not user.has_usable_password()
     membership = StudyMembership.objects.get(annotator=user)
     assert (membership.study, membership.external_worker_id, membership.external_session_id) == (
         study, "5f1a2b3c", "sess-2")
     assert get_user_model().objects.get(pk=user.pk).study_memberships.count() == 1
     with pytest.raises(StudyError, match="PROLIFIC_PID"):
-        crowd_worker_join(study=study, worker_id="bad id; drop")
+        crowd_worker_join(study=study, worker_id="bad id; drop", browser_secret="b")
 
 
 def test_images_of_checkpoints_without_files_are_left_out():
