@@ -17,6 +17,7 @@ request does not wait for it again. A Redis outage must not stop annotation.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from contextvars import ContextVar
@@ -47,19 +48,41 @@ class AuditContextMiddleware:
 
 
 def client_ip(request) -> str | None:
-    """The client's address: REMOTE_ADDR, or behind ``CALIBRA_NUM_PROXIES`` trusted proxies the
-    entry of X-Forwarded-For that the outermost of them added (as DRF's NUM_PROXIES reads it)."""
+    """The client's address: REMOTE_ADDR, or, when that is one of ``CALIBRA_TRUSTED_PROXIES``,
+    the right-most entry of X-Forwarded-For that is not a trusted proxy (each proxy appends the
+    address it was reached from; what is left of a trusted hop was written by someone else)."""
     meta = request.META
-    address = meta.get("REMOTE_ADDR", "")
-    proxies = getattr(settings, "CALIBRA_NUM_PROXIES", 0)
-    if proxies:
-        forwarded = [a.strip() for a in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
-        if forwarded:
-            address = forwarded[-min(proxies, len(forwarded))]
+    address = _ip(meta.get("REMOTE_ADDR", ""))
+    trusted = _networks(tuple(settings.CALIBRA_TRUSTED_PROXIES))
+    if address is None or not _within(address, trusted):
+        return str(address) if address is not None else None
+    for entry in reversed(meta.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+        hop = _ip(entry.strip())
+        if hop is None:  # not an address: written by the client, and no better than the last hop
+            break
+        address = hop
+        if not _within(hop, trusted):
+            break
+    return str(address)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return str(ipaddress.ip_address(address))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _within(address, networks) -> bool:
+    return any(address in network for network in networks)
+
+
+@functools.lru_cache(maxsize=4)
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The trusted proxies' networks (an address is a network of one), parsed once per setting."""
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries if entry.strip())
 
 
 def _is_request(value) -> bool:

@@ -1,4 +1,4 @@
-"""Rate limits: failed sign-ins (per username and per address) and annotators' submissions.
+"""Rate limits: failed sign-ins (per username and address, and per address) and annotators' submissions.
 
 Counters live in the ``ratelimit`` cache (Redis in production) and fail open: when the cache
 cannot be reached, nothing is limited, a warning is logged, and the cache is left alone for a
@@ -69,15 +69,16 @@ def rate_counts(keys: list[str]) -> dict[str, int]:
 
 # ---- sign-in: recorded, and refused after too many failures ------------------------------
 
-def _sign_in_keys(request, username: str) -> dict[str, tuple[str, int]]:
-    """The failure counters a sign-in attempt falls under, with their limits: per username
-    (guessing one account's password) and per address (trying many accounts)."""
+def _sign_in_keys(request, username: str) -> dict[str, tuple[int, int]]:
+    """The failure counters a sign-in attempt falls under, with their limits: per username and
+    address (guessing one account's password: an attacker elsewhere locks only their own pair,
+    never the owner at theirs) and per address (trying many accounts)."""
     period = settings.CALIBRA_SIGN_IN_WINDOW_S
     window = int(time.time() // period)
     # Hashed: what was typed as a username can hold any character, and cache keys may not.
     name = hashlib.sha256(username.casefold().encode()).hexdigest()[:32]
-    keys = {f"signin:user:{name}:{window}": settings.CALIBRA_SIGN_IN_FAILURES_PER_USERNAME}
     ip = client_ip(request) if request is not None else None
+    keys = {f"signin:pair:{name}:{ip or '-'}:{window}": settings.CALIBRA_SIGN_IN_FAILURES_PER_USERNAME_AND_IP}
     if ip:
         keys[f"signin:ip:{ip}:{window}"] = settings.CALIBRA_SIGN_IN_FAILURES_PER_IP
     return {key: (limit, period) for key, limit in keys.items()}
@@ -102,7 +103,8 @@ def sign_in_wait(request, username: str) -> int:
 
 class SignInThrottle:
     """First of AUTHENTICATION_BACKENDS: authenticates no one, but refuses every attempt at an
-    account or from an address with too many recent failures, before a password is checked.
+    account from an address, or from an address, with too many recent failures, before a
+    password is checked.
 
     The sign-in form then shows the wait (templates/registration/login.html reads
     ``request.calibra_sign_in_wait``); the token endpoint answers 429 with Retry-After. It has no

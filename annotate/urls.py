@@ -1,13 +1,16 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.settings import api_settings
 
 from annotate import apis, apis_jobs, apis_uploads, views, views_create, views_models, views_study
 
 api = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("api/token/", obtain_auth_token, name="api-token"),
+    # The API's parsers (DRF's view names its own): deep or NUL-laden JSON is a 400 here too.
+    path("api/token/", ObtainAuthToken.as_view(parser_classes=api_settings.DEFAULT_PARSER_CLASSES),
+         name="api-token"),
     path("api/studies/", apis.StudyListCreateApi.as_view(), name="api-studies"),
     path("api/studies/<int:study_id>/", apis.StudyDetailApi.as_view(), name="api-study"),
     path("api/studies/<int:study_id>/open/", apis.StudyOpenApi.as_view(), name="api-study-open"),

@@ -72,7 +72,10 @@ def _gallery(request, source):
     reward_model = next((m for m in reward_models if m.id == wanted), next(iter(reward_models), None))
     settings = sel.gallery_textnorm_settings(source=source, reward_model=reward_model) if reward_model else []
     setting = next((s for s in settings if s.key == request.GET.get("textnorm")), next(iter(settings), None))
+    # Unknown filters are no filter, as an unknown reward model or setting is the first one.
+    categories = sel.gallery_categories(source=source)
     category = request.GET.get("category", "")
+    category = category if category in categories else ""
     label = request.GET.get("label", "")
     label = label if label in sel.LABEL_FILTERS else ""
     page = sel.gallery_page(source=source, reward_model=reward_model, setting=setting,
@@ -83,7 +86,7 @@ def _gallery(request, source):
     return render(request, "dashboard/gallery.html", {
         "source": source, "checkpoint": source.checkpoint, "dataset": source.dataset,
         "reward_models": reward_models, "reward_model": reward_model, "settings": settings, "setting": setting,
-        "categories": sel.gallery_categories(source=source),
+        "categories": categories,
         "category": category, "label": label, "page": page, "filters": query.urlencode(),
     })
 

@@ -199,3 +199,36 @@ class HealthzMiddleware:
 
             return healthz(request)
         return self.get_response(request)
+
+
+class NullCharacterMiddleware:
+    """A NUL character in the path, a query parameter or a url-encoded form field (its name or
+    its value) is a 400 naming it, before any view: PostgreSQL stores and compares no NUL in
+    text, and refuses the query with an error (a 500) wherever a view filters by the value.
+    Multipart bodies are left to the view (reading them here would bypass its upload handlers
+    and limits); their fields pass through forms and serializers, which refuse NUL themselves,
+    as the API's JSON parser does (annotate/parsers.py)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        where, name = "query parameter", _with_nul(request.GET)
+        if name is None and request.content_type == "application/x-www-form-urlencoded":
+            where, name = "form field", _with_nul(request.POST)
+        if name is None and "\x00" in request.path_info:  # a <str:...> part of a URL
+            where, name = "path", request.path_info
+        if name is None:
+            return self.get_response(request)
+        detail = f"The {where} {name!r} holds a NUL character (%00), which is not allowed."
+        if _wants_json(request):
+            return JsonResponse({"detail": detail, "field": name, "code": "null_character"}, status=400)
+        return HttpResponse(detail, status=400, content_type="text/plain; charset=utf-8")
+
+
+def _with_nul(params) -> str | None:
+    """The first parameter whose name or one of whose values holds a NUL, or None."""
+    for name, values in params.lists():
+        if "\x00" in name or any("\x00" in value for value in values):
+            return name
+    return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 
 from annotate import models
 from annotate.admin.base import (
@@ -28,7 +29,13 @@ class AuditActorFilter(admin.SimpleListFilter):
         return [(str(u.pk), u.get_username()) for u in users]
 
     def queryset(self, request, queryset):
-        return queryset.filter(actor_id=self.value()) if self.value() else queryset
+        if not self.value():
+            return queryset
+        try:
+            actor_id = int(self.value())
+        except ValueError:  # the changelist answers with its "?e=1" page, not a 500
+            raise IncorrectLookupParameters(f"actor={self.value()!r} is not a user id") from None
+        return queryset.filter(actor_id=actor_id)
 
 
 @admin.register(models.AuditEvent)

@@ -1,6 +1,7 @@
 """Bad input gets a clear 4xx or a clear error naming where it is, and writes nothing:
 image uploads, CSV prompt imports, TIA2 files (the cases tests/annotate/test_import_tia2.py
 does not cover) and paths outside the allowed input roots."""
+import hashlib
 import io
 import json
 import random
@@ -85,15 +86,16 @@ def test_an_image_is_stored_with_its_row_and_the_same_file_again_adds_nothing(fm
     assert response.status_code == 201, response.content
     image = Image.objects.get()
     assert (image.prompt, image.checkpoint, image.seed, image.index) == (prompt, None, 7, 0)
-    assert (image.width, image.height, image.size_bytes) == (64, 48, len(content))
-    assert Path(media_root, image.file.name).read_bytes() == content
+    stored = Path(media_root, image.file.name).read_bytes()  # re-encoded from the pixels
+    assert (image.width, image.height, image.size_bytes) == (64, 48, len(stored))
+    assert image.sha256 == hashlib.sha256(stored).hexdigest()
     assert response.json()["sha256"] == image.sha256 and len(image.sha256) == 64
     from rest_framework.authtoken.models import Token
 
     script = APIClient()  # the API's client follows the link with its token (media is not served as such)
     script.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=researcher)[0].key}")
     served = script.get(response.json()["url"])
-    assert served.status_code == 200 and b"".join(served.streaming_content) == content
+    assert served.status_code == 200 and b"".join(served.streaming_content) == stored
     script.credentials(HTTP_AUTHORIZATION="Token not-a-key")
     assert script.get(response.json()["url"]).status_code == 401
     again = upload(researcher, prompt, content, seed=7, index=0)
@@ -500,3 +502,80 @@ def test_import_tia2_refuses_an_image_folder_linked_from_inside_the_roots(small_
     with pytest.raises(CommandError, match="image folder .* outside the allowed input roots"):
         call_command("import_tia2", str(small_tia2), "--images", f"{small_tia2}/../images", stdout=io.StringIO())
     assert not Dataset.objects.exists()
+
+
+# --- JSON bodies, query strings and admin filters that once made 500s ------------------------
+
+def test_the_token_endpoint_refuses_json_nested_too_deep_with_a_400():
+    for depth in (33, 10_000):
+        response = APIClient().post(reverse("api-token"), "[" * depth + "]" * depth, content_type="application/json")
+        assert response.status_code == 400
+        assert response.json() == {"detail": "JSON nested deeper than 32 levels"}
+
+
+def test_a_nul_in_a_json_string_is_a_400_naming_where_it_is(researcher):
+    """Was a 500 on PostgreSQL (jsonb holds no \\u0000); SQLite stored it."""
+    api = client_for(researcher)
+    body = {"name": "nul", "backend": "procedural", "config": {"steps": 4, "note": "a\u0000b"}}
+    response = api.post(reverse("api-checkpoints"), body, format="json")
+    assert response.status_code == 400
+    assert response.json()["detail"] == "JSON string at 'config.note' holds a NUL character (\\u0000)"
+    assert not Checkpoint.objects.exists()
+
+
+@pytest.mark.parametrize(("text", "depth"), [
+    ('{"a": [1, {"b": []}]}', 4),
+    ('{"a": "[[[[{{{{", "b\\"[[": ["]]]"]}', 2),  # brackets inside strings, and an escaped quote
+    ("[" * 32 + "]" * 32, 32),
+    ('"just a string"', 0),
+])
+def test_json_nesting_depth_ignores_brackets_inside_strings(text, depth):
+    from annotate.parsers import nesting_depth
+
+    assert nesting_depth(text) == depth
+
+
+def test_the_json_parser_takes_32_levels_and_an_escaped_backslash_before_u0000():
+    from annotate.parsers import SafeJSONParser
+
+    def parse(text: str):
+        return SafeJSONParser().parse(io.BytesIO(text.encode()))
+
+    deepest = parse("[" * 32 + "]" * 32)
+    for _ in range(31):
+        (deepest,) = deepest
+    assert deepest == []
+    assert parse('{"path": "C:\\\\u0000"}') == {"path": "C:\\u0000"}  # a backslash, then the text u0000
+    with pytest.raises(Exception, match="nested deeper than 32"):
+        parse("[" * 33 + "]" * 33)
+    with pytest.raises(Exception, match="JSON string at 'k' holds a NUL"):
+        parse('{"k": "\\\\\\u0000"}')
+
+
+def test_an_unknown_gallery_category_is_no_filter(researcher):
+    from django.test import Client
+
+    from tests.factories import make_images
+
+    _, checkpoints = make_images(prompts=2)
+    client = Client()
+    client.force_login(researcher)
+    url = reverse("checkpoint-gallery", args=[checkpoints[0].pk])
+    everything = client.get(url)
+    unknown = client.get(url, {"category": "no such category"})
+    assert unknown.status_code == 200 and unknown.context["category"] == ""
+    assert len(unknown.context["page"].object_list) == len(everything.context["page"].object_list) == 2
+
+
+def test_an_audit_actor_that_is_not_a_user_id_is_the_admins_bad_filter_page(researcher):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    admin = get_user_model().objects.create_superuser("root", password="root-pass-123")
+    client = Client()
+    client.force_login(admin)
+    url = reverse("admin:annotate_auditevent_changelist")
+    for actor in ("abc", "1" * 5000):
+        response = client.get(url, {"actor": actor})
+        assert response.status_code == 302 and response["Location"].endswith("?e=1")
+    assert client.get(url, {"actor": str(researcher.pk)}).status_code == 200

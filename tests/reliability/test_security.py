@@ -82,7 +82,7 @@ SECURITY_SETTINGS = [
     "SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SECURE_REDIRECT_EXEMPT", "SESSION_COOKIE_SECURE",
     "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
     "SECURE_CONTENT_TYPE_NOSNIFF", "SECURE_REFERRER_POLICY", "SECURE_CROSS_ORIGIN_OPENER_POLICY",
-    "X_FRAME_OPTIONS", "CALIBRA_CSP", "CALIBRA_CSP_BY_PATH", "CALIBRA_NUM_PROXIES",
+    "X_FRAME_OPTIONS", "CALIBRA_CSP", "CALIBRA_CSP_BY_PATH", "CALIBRA_TRUSTED_PROXIES",
 ]
 
 
@@ -90,7 +90,7 @@ SECURITY_SETTINGS = [
 def production_security(monkeypatch):
     """The security settings exactly as webapp/settings/production.py makes them."""
     monkeypatch.setenv("SECRET_KEY", secrets.token_urlsafe(64))
-    for name in ("SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_PRELOAD", "NUM_PROXIES"):
+    for name in ("SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_PRELOAD", "TRUSTED_PROXIES"):
         monkeypatch.delenv(name, raising=False)
     sys.modules.pop("webapp.settings.production", None)
     production = importlib.import_module("webapp.settings.production")
@@ -365,22 +365,35 @@ def one_sign_in_window(monkeypatch):
     return start
 
 
-def test_ten_failures_lock_the_username_for_everyone_and_not_other_accounts(researcher, annotator, one_sign_in_window):
+def test_ten_failures_lock_the_username_at_that_address_only(researcher, annotator, one_sign_in_window):
     client = Client()
     for _ in range(10):
         failed = sign_in(client, "res", "wrong")
         assert failed.status_code == 200 and b"didn't match" in failed.content
-    locked = sign_in(client, "res", "res-pass-123", ip="10.9.9.9")  # the right password, another address
+    locked = sign_in(client, "RES", "res-pass-123")  # the right password (usernames match case-blind)
     assert locked.status_code == 200 and not signed_in(client)
     wait = re.search(rb"Too many failed attempts to log in. Please try again in (\d+) minutes?\.", locked.content)
     assert wait and int(wait.group(1)) == 10  # what is left of the 15-minute window
     assert APIClient().post(reverse("api-token"), {"username": "res", "password": "res-pass-123"},
-                            REMOTE_ADDR="10.9.9.8").status_code == 429
+                            REMOTE_ADDR="10.0.0.1").status_code == 429
     admin = Client()
-    admin.post(reverse("admin:login"), {"username": "res", "password": "res-pass-123"}, REMOTE_ADDR="10.9.9.7")
+    admin.post(reverse("admin:login"), {"username": "res", "password": "res-pass-123"}, REMOTE_ADDR="10.0.0.1")
     assert not signed_in(admin)
     other = Client()
     assert sign_in(other, "ann", "ann-pass-123").status_code == 302 and signed_in(other)  # same address
+    elsewhere = Client()  # the account's owner, at their own address
+    assert sign_in(elsewhere, "res", "res-pass-123", ip="10.9.9.9").status_code == 302 and signed_in(elsewhere)
+    assert AuditEvent.objects.filter(action="login.failed", details__refused="too_many_failures").count() == 3
+
+
+def test_an_attacker_failing_a_thousand_times_elsewhere_does_not_lock_the_owner_out(researcher, one_sign_in_window):
+    attacker = Client()
+    for n in range(1000):  # 100 addresses, each up to its own limit for this username
+        sign_in(attacker, "res", "wrong", ip=f"198.51.100.{n // 10}")
+    assert AuditEvent.objects.filter(action="login.failed", actor_name="res").count() == 1000
+    assert not signed_in(attacker)
+    owner = Client()
+    assert sign_in(owner, "res", "res-pass-123", ip="10.0.0.1").status_code == 302 and signed_in(owner)
 
 
 def test_many_failures_from_one_address_lock_that_address(researcher, one_sign_in_window):
@@ -416,7 +429,7 @@ def test_the_token_endpoint_answers_429_with_retry_after(researcher, one_sign_in
     assert int(refused["Retry-After"]) == 10 * 60 and "throttled" in refused.json()["detail"]
 
 
-@override_settings(CALIBRA_NUM_PROXIES=1)
+@override_settings(CALIBRA_TRUSTED_PROXIES=["10.0.0.254"])
 def test_behind_a_proxy_the_address_is_the_one_it_forwarded(researcher, one_sign_in_window):
     client = Client()
     for n in range(30):  # all from the proxy's address, forwarded for one client
@@ -425,6 +438,48 @@ def test_behind_a_proxy_the_address_is_the_one_it_forwarded(researcher, one_sign
     assert not signed_in(client)
     assert sign_in(client, "res", "res-pass-123", ip="10.0.0.254", HTTP_X_FORWARDED_FOR="203.0.113.10").status_code == 302
     assert AuditEvent.objects.filter(action="login.failed", ip="203.0.113.9").count() == 31
+
+
+def test_a_client_reaching_the_app_past_the_proxy_cannot_forge_its_address(production_security, researcher,
+                                                                            one_sign_in_window):
+    """Production trusts the proxy on its loopback: a peer elsewhere that sends X-Forwarded-For
+    (a new address on each try) is still counted, and audited, at its own address."""
+    client = Client()
+    for n in range(30):
+        sign_in(client, f"nobody{n}", "wrong", ip="198.51.100.7", HTTP_X_FORWARDED_FOR=f"203.0.113.{n}", secure=True)
+    refused = sign_in(client, "res", "res-pass-123", ip="198.51.100.7", HTTP_X_FORWARDED_FOR="203.0.113.99",
+                      secure=True)
+    assert b"Too many failed attempts" in refused.content and not signed_in(client)
+    assert set(AuditEvent.objects.values_list("ip", flat=True)) == {"198.51.100.7"}
+    proxied = Client()  # the same forged header through the proxy: only the proxy's view counts
+    assert sign_in(proxied, "res", "res-pass-123", ip="127.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.99",
+                   secure=True).status_code == 302
+    assert AuditEvent.objects.get(action="login").ip == "203.0.113.99"
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "client"), [
+    ("198.51.100.7", "203.0.113.9", "198.51.100.7"),  # not a proxy: the header is the client's own text
+    ("127.0.0.1", "", "127.0.0.1"),  # a request from the proxy's host itself
+    ("127.0.0.1", "203.0.113.9", "203.0.113.9"),
+    ("::ffff:127.0.0.1", "203.0.113.9", "203.0.113.9"),  # IPv4 on a dual-stack socket
+    # a load balancer (10.0.0.0/8) in front of the proxy; what the client wrote itself is left of it
+    ("127.0.0.1", "6.6.6.6, 203.0.113.9, 10.1.2.3", "203.0.113.9"),
+    ("127.0.0.1", "10.1.2.3, 10.1.2.4", "10.1.2.3"),  # every hop trusted: the farthest
+    ("127.0.0.1", "203.0.113.9, not-an-address, 10.1.2.3", "10.1.2.3"),  # a forged entry ends the walk
+    ("::1", "2001:db8::5", "2001:db8::5"),
+])
+def test_forwarded_addresses_are_read_only_from_trusted_proxies(peer, forwarded, client, settings, rf):
+    from annotate.audit import client_ip
+
+    settings.CALIBRA_TRUSTED_PROXIES = ["127.0.0.1", "::1", "10.0.0.0/8"]
+    request = rf.get("/", REMOTE_ADDR=peer, HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == client
+
+
+def test_a_trusted_proxy_that_is_not_an_address_stops_start_up(tmp_path):
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, capture_output=True,
+                            text=True, env=production_env(tmp_path, TRUSTED_PROXIES="127.0.0.1,nginx"), timeout=120)
+    assert result.returncode != 0 and "'nginx' does not appear to be an IPv4 or IPv6 network" in result.stderr
 
 
 class BrokenCache(BaseCache):
@@ -484,7 +539,7 @@ def annotating():
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
     item = api.post(reverse("api-next", args=[study.public_id]), {}, format="json").json()
-    body = {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "left"}
+    body = {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "left"}
     other_api = APIClient()
     other_api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other).key}")
     return study, api, body, other_api
@@ -507,12 +562,12 @@ def test_submissions_past_the_rate_answer_429_with_retry_after_and_json(annotati
     assert throttled.status_code == 429 and throttled["Retry-After"] == "2"
     assert throttled["Content-Type"] == "application/json" and "throttled" in throttled.json()["detail"]
     skip = api.post(reverse("api-skip", args=[study.public_id]),
-                    {"item": body["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
+                    {"item": body["item"], "lease": body["lease"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
     assert skip.status_code == 429  # skips share the count
     assert api.post(reverse("api-next", args=[study.public_id]), {}, format="json").status_code == 200
     assert api.get(reverse("api-progress", args=[study.public_id])).status_code == 200
     item = other_api.post(reverse("api-next", args=[study.public_id]), {}, format="json").json()
-    assert other_api.post(submit, {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "right"},
+    assert other_api.post(submit, {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "right"},
                           format="json").status_code == 201  # per annotator
     freeze(monkeypatch, 3_000_003.0)  # the next window
     assert api.post(submit, body, format="json").status_code == 200
@@ -768,10 +823,10 @@ def test_sign_ins_are_recorded_and_annotators_work_is_not(leased, researcher):
     AuditEvent.objects.filter(action="login").delete()
     before = AuditEvent.objects.count()
     api.post(reverse("api-submit", args=[study.public_id]),
-             {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "left"}, format="json")
+             {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "left"}, format="json")
     api.post(reverse("api-undo", args=[study.public_id]), {}, format="json")
     api.post(reverse("api-skip", args=[study.public_id]),
-             {"item": item["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
+             {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
     api.post(reverse("api-next", args=[study.public_id]), {}, format="json")
     api.get(leased["url"])
     assert AuditEvent.objects.count() == before

@@ -27,6 +27,8 @@ MIDDLEWARE = [
     # Before whitenoise, so that static files get the policy too (webapp/settings/security.py).
     "webapp.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # A NUL in the path, the query or a form is a 400 naming it, before any view (webapp/middleware.py).
+    "webapp.middleware.NullCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     # /healthz for load balancers, before the Host header is checked (webapp/middleware.py).
     "webapp.middleware.HealthzMiddleware",
@@ -97,6 +99,9 @@ REST_FRAMEWORK = {
         "annotate.authentication.FastTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # DRF's JSON parser, refusing deep nesting and NUL characters with a 400 (annotate/parsers.py).
+    "DEFAULT_PARSER_CLASSES": ["annotate.parsers.SafeJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {

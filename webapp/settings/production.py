@@ -1,14 +1,16 @@
 """Production: PostgreSQL, Redis, object storage or a shared volume, behind HTTPS."""
 from webapp.settings.base import *  # noqa: F401,F403
 from webapp.settings.base import STORAGES, env
+from webapp.settings.security import trusted_proxies
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY")  # required: no default
 
 # Behind a TLS-terminating reverse proxy, which sets X-Forwarded-Proto (and must overwrite a
-# client's) and appends the client's address to X-Forwarded-For.
+# client's) and appends the client's address to X-Forwarded-For: by default on this host's
+# loopback (docker-compose.yml names the containers' networks too).
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-CALIBRA_NUM_PROXIES = env.int("NUM_PROXIES", default=1)
+CALIBRA_TRUSTED_PROXIES = trusted_proxies(default=["127.0.0.1", "::1"])
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 # Load balancers' health checks may come over plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]

@@ -2,6 +2,8 @@
 our own, as Django 5.2 has none), the proxies trusted for a client's address, and the rate
 limits on sign-in and on annotators' submissions. HTTPS, HSTS and secure cookies are in
 ``production``."""
+import ipaddress
+
 from webapp.env import env
 from webapp.settings.storage import MEDIA_ORIGINS
 
@@ -35,17 +37,25 @@ CALIBRA_CSP_BY_PATH = {
                    "style-src": ["'self'", "'unsafe-inline'"]},
 }
 
-# Reverse proxies in front of the web process that append to X-Forwarded-For: the client's
-# address (audit log, per-address sign-in limit) is the entry the outermost one added. 0: use
-# REMOTE_ADDR (no proxy; a client could forge the header).
-CALIBRA_NUM_PROXIES = env.int("NUM_PROXIES", default=0)
+# The reverse proxies in front of the web process (addresses or networks: "127.0.0.1,::1,
+# 172.16.0.0/12"): X-Forwarded-For is read only on a request that one of them made, and the
+# client's address (audit log, sign-in limits) is its right-most entry that is not one of them.
+# Empty: REMOTE_ADDR (whoever else sends the header could forge it). Parsed here, so a typo
+# stops start-up.
+def trusted_proxies(default: list[str]) -> list[str]:
+    return [str(ipaddress.ip_network(entry.strip(), strict=False))
+            for entry in env.list("TRUSTED_PROXIES", default=default) if entry.strip()]
 
-# Failed sign-ins (the login page, the admin's, the token endpoint) per username and per
-# address in a fixed window; past either limit every attempt is refused until the window
-# ends, a right password included. Per address is higher: a lab or a crowd platform puts many
-# annotators behind one address.
+
+CALIBRA_TRUSTED_PROXIES = trusted_proxies(default=[])
+
+# Failed sign-ins (the login page, the admin's, the token endpoint) in a fixed window: past
+# either limit every attempt is refused until the window ends, a right password included. Per
+# username AND address, so that someone elsewhere failing at a known username cannot lock its
+# owner out; per address across usernames (trying many accounts), higher since a lab or a crowd
+# platform puts many annotators behind one address.
 CALIBRA_SIGN_IN_WINDOW_S = env.int("SIGN_IN_WINDOW_S", default=15 * 60)
-CALIBRA_SIGN_IN_FAILURES_PER_USERNAME = env.int("SIGN_IN_FAILURES_PER_USERNAME", default=10)
+CALIBRA_SIGN_IN_FAILURES_PER_USERNAME_AND_IP = env.int("SIGN_IN_FAILURES_PER_USERNAME_AND_IP", default=10)
 CALIBRA_SIGN_IN_FAILURES_PER_IP = env.int("SIGN_IN_FAILURES_PER_IP", default=30)
 
 # Judgments and skips per annotator: at most SUBMIT_RATE_COUNT in each window of
@@ -55,3 +65,11 @@ CALIBRA_SIGN_IN_FAILURES_PER_IP = env.int("SIGN_IN_FAILURES_PER_IP", default=30)
 # A count of 0 turns the limit off.
 CALIBRA_SUBMIT_RATE_COUNT = env.int("SUBMIT_RATE_COUNT", default=30)
 CALIBRA_SUBMIT_RATE_WINDOW_S = env.int("SUBMIT_RATE_WINDOW_S", default=3)
+
+# New crowd accounts (a study link followed with a worker id it has not seen) per client address
+# and per study link, in a fixed window; past either, 429. A crowd platform's workers arrive from
+# their own homes, so 5 an hour from one address is plenty; the link's limit bounds what many
+# addresses together can make. 0 turns a limit off.
+CALIBRA_CROWD_JOIN_WINDOW_S = env.int("CROWD_JOIN_WINDOW_S", default=3600)
+CALIBRA_CROWD_JOINS_PER_IP = env.int("CROWD_JOINS_PER_IP", default=5)
+CALIBRA_CROWD_JOINS_PER_LINK = env.int("CROWD_JOINS_PER_LINK", default=200)
