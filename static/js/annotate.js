@@ -1,6 +1,8 @@
 // The annotator's screen: one item at a time, the next one leased and preloaded, keyboard first.
 // Every answer carries a client-made id and is kept in localStorage until the server has it,
 // so a retry, a reload or a dropped connection never loses or doubles a judgment.
+// An item takes answers only while all of its images are on screen, and each answer names the
+// lease it was given under, so the server applies exactly the sides the annotator saw.
 (function () {
   "use strict";
   const root = document.getElementById("annotator");
@@ -8,12 +10,15 @@
   const base = root.dataset.api.replace(/next\/$/, "");
   const kind = root.dataset.kind;
   const scale = root.dataset.scale;
-  const pendingKey = "calibra-pending-" + root.dataset.study;
+  const user = root.dataset.user;
+  // Per user and study: on a shared computer one annotator's unsent answers never go out under
+  // another's session. (The old per-study key is never read: whose answers it holds is unknown.)
+  const pendingKey = "calibra-pending-" + user + "-" + root.dataset.study;
   const $ = (id) => document.getElementById(id);
   const stacked = window.matchMedia("(max-width: 640px)");  // the two images one above the other
   let current = null;
   const queue = [];
-  let shownAt = 0;
+  let shownAt = 0;  // when the item on screen was shown: its prompt, then again once its images are
   let position = null;  // the number of the item on screen in the annotator's share, for the announcement
   // Set once the server refuses this annotator, not one answer: "signed-out" (401, or 403 other
   // than a pause: the session ended) or "paused" (403 paused by the researcher or the accuracy
@@ -35,11 +40,15 @@
     return m ? decodeURIComponent(m[1]) : "";
   }
 
+  // The token of the session this page was opened in, kept: once someone signs in in another tab
+  // (a sign-in rotates it) the server refuses this page (403) instead of taking its answers as theirs.
+  const csrf = csrfToken();
+
   async function call(path, body) {
     const response = await fetch(base + path, {
       method: body === undefined ? "GET" : "POST",
       credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     let data = null;
@@ -92,6 +101,12 @@
     try { return JSON.parse(localStorage.getItem(pendingKey) || "[]"); } catch (e) { return []; }
   }
   function setPending(list) { localStorage.setItem(pendingKey, JSON.stringify(list)); }
+  function unpend(entry) { setPending(pending().filter((p) => p.body.client_id !== entry.body.client_id)); }
+
+  // The server refused an answer given to an outdated display of its item (shown again since, in
+  // another tab or after the lease lapsed, with its sides drawn anew): nothing was stored.
+  const STALE = "That answer was not stored: the item was shown again since (in another tab, or after " +
+    "a long pause), perhaps with its images the other way round. It is shown again now: answer it as you see it.";
 
   // Send one answer until the server has it; the same client_id makes resending safe.
   async function deliver(entry) {
@@ -100,14 +115,20 @@
       let r;
       try { r = await call(entry.path, entry.body); } catch (e) { r = { status: 0 }; }
       if (r.status === 200 || r.status === 201) {
-        setPending(pending().filter((p) => p.body.client_id !== entry.body.client_id));
+        unpend(entry);
         if (r.data && r.data.progress) { progressFromAnswers = true; progress(r.data.progress); }
         return r;
       }
       const why = refusal(r);
       if (why) { stop(why, r.data && r.data.detail); return r; }
+      if (r.status === 409 && r.data && r.data.error === "stale_display") {
+        unpend(entry);
+        say(STALE, "error");
+        showAgain(entry.body.item);
+        return r;
+      }
       if (!retryable(r.status)) {  // this answer only, e.g. 409 when the item's lease has expired
-        setPending(pending().filter((p) => p.body.client_id !== entry.body.client_id));
+        unpend(entry);
         say("That answer was not accepted: " + ((r.data && r.data.detail) || "error " + r.status) + ".", "error");
         return r;
       }
@@ -117,7 +138,7 @@
   }
 
   function send(path, body) {
-    const entry = { path: path, body: body };
+    const entry = { path: path, body: body, user: user };
     setPending(pending().concat([entry]));
     chain = chain.then(() => deliver(entry));
     return chain;
@@ -143,17 +164,23 @@
       const why = refusal(r);
       if (why) { stop(why, r.data && r.data.detail); throw new Error(why); }
       if (!retryable(r.status) || attempt >= 20) {
-        throw new Error((r.data && r.data.detail) || "error " + r.status);
+        const error = new Error((r.data && r.data.detail) || "error " + r.status);
+        error.code = r.data && r.data.error;
+        throw error;
       }
       say("Connection problem: asking for the next item again.", "info");
       await backoff(r, attempt);
     }
   }
 
+  // Any failure, including 409 too_many_leases (other tabs hold the study's most items at once),
+  // only means no preload for now: the next item is asked for when it is needed.
   function fill() {
     if (stopped || filling || queue.length || !current || current.done) return;
     filling = lease(held())
-      .then((next) => { if (!next.done && !stopped) { queue.push(next); preload(next); } })
+      .then((next) => {
+        if (!next.done && !stopped && !(current && current.item === next.item)) { queue.push(next); preload(next); }
+      })
       .catch(() => {})
       .finally(() => { filling = null; });
   }
@@ -168,6 +195,37 @@
     current.images.forEach((im) => { $("img-" + im.slot).alt = sideName(im.slot) + " for: " + current.prompt; });
   }
   if (stacked.addEventListener) stacked.addEventListener("change", altTexts);
+  const images = document.querySelector("#task .images");
+  // An item takes answers only once each of its images has loaded and is decoded on screen. The
+  // element is checked against the URL this item asked for (retries add to it), so a late load
+  // of an earlier item's image unlocks nothing.
+  function imageLoaded(img) {
+    const item = current;
+    const url = img.dataset.url;
+    if (stopped || !item || item.done || item.shown || !url) return;
+    const wanted = item.images.find((im) => im.slot === img.dataset.slot);
+    if (!wanted || wanted.url !== url || img.src.replace(/[?&]retry=\d+$/, "") !== new URL(url, location.href).href) return;
+    img.decode().then(() => {
+      if (current !== item || img.dataset.url !== url || item.shown) return;
+      item.decoded.add(wanted.slot);
+      if (item.decoded.size === item.images.length) imagesShown(item);
+    }, () => {});  // its src changed meanwhile (a retry, the next item) or it failed: the error path says so
+  }
+  function loading(on) {
+    images.classList.toggle("loading", on);
+    images.setAttribute("aria-busy", on ? "true" : "false");
+    $("loading").hidden = !on;
+    // Skipping because an image did not load, and undo, stay possible while loading.
+    document.querySelectorAll("#task button[data-choice], #task button[data-skip=unsure]").forEach((b) => { b.disabled = on; });
+  }
+  const WAIT = "Wait for the images to be shown: answers are taken from then on.";
+  function imagesShown(item) {
+    item.shown = true;
+    shownAt = performance.now();  // the time spent on an item counts from when it could be seen
+    loading(false);
+    if ($("status").textContent === WAIT) say("");
+  }
+  document.querySelectorAll("#task img[data-slot]").forEach((img) => img.addEventListener("load", () => imageLoaded(img)));
   // An image of the item on screen that fails (its file is missing, the connection dropped):
   // say so, in the error colour, and point at the skip that records why.
   // A failure that passes (a busy server's 503, a dropped connection) is retried twice first.
@@ -182,6 +240,7 @@
       }, 500 * (tries + 1));
       return;
     }
+    $("loading").hidden = true;  // not loading any more: the status line says what failed
     say(sideName(img.dataset.slot) + " did not load. Reload the page, or skip this item with \u201cImage did not load\u201d.", "error");
   }));
 
@@ -212,11 +271,15 @@
       return;
     }
     item.client_id = item.client_id || crypto.randomUUID();
+    item.shown = false;
+    item.decoded = new Set();
+    loading(true);  // hides the previous item's images at once: no old pixels under the new prompt
     $("done").hidden = true;
     $("task").hidden = false;
     $("prompt").textContent = item.prompt;
     item.images.forEach((im) => {
       const img = $("img-" + im.slot);
+      img.removeAttribute("src");
       img.dataset.url = im.url;
       img.dataset.tries = "0";
       img.src = im.url;
@@ -233,21 +296,46 @@
     if (queue.length) { show(queue.shift()); return; }
     if (filling) await filling;
     if (queue.length) { show(queue.shift()); return; }
+    await leaseAndShow();
+  }
+
+  async function leaseAndShow() {
     try { show(await lease(held())); }
     catch (e) {
       if (stopped) return;
       // Nothing to show: the answered item must not stay on screen taking answers.
       current = null;
       $("task").hidden = true;
-      say("Could not get the next item (" + e.message + "). Reload the page to try again.", "error");
+      say(e.code === "too_many_leases"
+        ? "You have as many items of this study open as it allows, in other tabs or windows. Close them, then reload this page."
+        : "Could not get the next item (" + e.message + "). Reload the page to try again.", "error");
     }
+  }
+
+  // After a stale_display refusal: the item comes back now, as the server holds it (its current
+  // lease and sides); the item that was on screen is kept to come next.
+  async function showAgain(itemId) {
+    const i = answered.indexOf(itemId);
+    if (i >= 0) answered.splice(i, 1);
+    await advancing;
+    if (stopped) return;
+    if (current && !current.done) queue.unshift(current);
+    current = null;
+    advancing = leaseAndShow();
+  }
+
+  // Answers are taken only for an item whose images are all shown.
+  function answerable() {
+    if (stopped || !current || current.done) return false;
+    if (!current.shown) say(WAIT, "info");
+    return current.shown;
   }
 
   // Each item is answered once: until the next one is shown, current is empty.
   function answer(choice, extra) {
-    if (stopped || !current || current.done) return;
-    const body = Object.assign({ item: current.item, client_id: current.client_id, choice: choice,
-      time_spent_ms: Math.round(performance.now() - shownAt) }, extra || {});
+    if (!answerable()) return;
+    const body = Object.assign({ item: current.item, lease: current.lease, client_id: current.client_id,
+      choice: choice, time_spent_ms: Math.round(performance.now() - shownAt) }, extra || {});
     remember(current.item);
     current = null;
     if (position !== null) position += 1;
@@ -257,9 +345,9 @@
   }
 
   function skip(reason) {
-    if (stopped || !current || current.done) return;
+    if (reason === "image_not_loaded" ? stopped || !current || current.done : !answerable()) return;
     remember(current.item);
-    const body = { item: current.item, client_id: current.client_id, reason: reason };
+    const body = { item: current.item, lease: current.lease, client_id: current.client_id, reason: reason };
     current = null;
     if (position !== null) position += 1;
     send("skip/", body);
@@ -318,11 +406,14 @@
       (target.closest && target.closest("input, textarea, select, [contenteditable]:not([contenteditable=false])"))));
   }
 
-  // Enter or Space on an answer button just after a new item appeared was meant for the old one.
+  // Enter or Space on an answer button just after a new item appeared was meant for the old one
+  // (and none answers before the images are shown; "Image did not load" may).
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" && event.key !== " ") return;
     const button = event.target.closest && event.target.closest("button[data-choice], button[data-skip]");
-    if (button && (performance.now() - shownAt < 300 || !current)) {
+    const early = !current || performance.now() - shownAt < 300 ||
+      (!current.shown && button && button.dataset.skip !== "image_not_loaded");
+    if (button && early) {
       event.preventDefault();
       event.stopPropagation();
     }
@@ -341,7 +432,7 @@
     answer(action[0], action[1]);
   });
 
-  // Answers left over from an earlier visit go out first, then the first item is shown.
-  pending().forEach((entry) => { chain = chain.then(() => deliver(entry)); });
-  chain.then(advance);
+  // This user's answers left over from an earlier visit go out first, then the first item is shown.
+  pending().filter((entry) => entry.user === user).forEach((entry) => { chain = chain.then(() => deliver(entry)); });
+  advancing = chain.then(advance);
 })();

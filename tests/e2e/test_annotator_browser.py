@@ -7,6 +7,7 @@ from playwright.sync_api import Page, expect
 from annotate.models import Assignment, Judgment, Study, StudyItem
 from annotate.services.annotation import canonical_answer
 from annotate.services.demo import DEMO_CHECKPOINTS, demo_seed
+from tests.e2e.test_annotator_screen import expect_shown
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,6 +65,7 @@ def open_study(page: Page, base_url: str, name: str) -> None:
         page.goto(base_url + "/")
     page.get_by_role("link", name=name, exact=True).click()
     expect(page.locator("#task")).to_be_visible(timeout=TIMEOUT_MS)
+    expect_shown(page)
 
 
 def shown_item(page: Page, slot: str) -> tuple[str, str]:
@@ -96,6 +98,7 @@ def answer(page: Page, key: str, slot: str, expect_done: int) -> None:
         arg=[slot, before], timeout=TIMEOUT_MS)
     expect(page.locator("#progress-text")).to_have_text(re.compile(rf"^{expect_done} of \d+$"),
                                                         timeout=TIMEOUT_MS)
+    expect_shown(page)
 
 
 def image_bytes(page: Page, src: str) -> bytes:

@@ -38,17 +38,31 @@ def sign_in(page: Page, base_url: str, username: str = USER, password: str = PAS
     page.wait_for_url(lambda url: "/accounts/login/" not in url)
 
 
-def open_study(page: Page, base_url: str, study: Study) -> None:
+def open_study(page: Page, base_url: str, study: Study, *, shown: bool = True) -> None:
     page.goto(f"{base_url}/annotate/{study.public_id}/")
     expect(page.locator("#task")).to_be_visible(timeout=TIMEOUT_MS)
+    if shown:
+        expect_shown(page)
+
+
+def expect_shown(page: Page) -> None:
+    """Wait until the images of the item on screen are shown: only then does it take answers."""
+    expect(page.locator("#task .images")).to_have_attribute("aria-busy", "false", timeout=TIMEOUT_MS)
 
 
 def done(page: Page) -> int:
     return int(page.locator("#progress-text").inner_text().split(" of ")[0])
 
 
+def pending_key(page: Page) -> str:
+    """This page's key for unsent answers: per user and study."""
+    return page.evaluate("() => { const r = document.getElementById('annotator');"
+                         " return 'calibra-pending-' + r.dataset.user + '-' + r.dataset.study; }")
+
+
 def pending(page: Page, study: Study) -> list:
-    return page.evaluate("key => JSON.parse(localStorage.getItem(key) || '[]')", f"calibra-pending-{study.public_id}")
+    assert pending_key(page).endswith(f"-{study.public_id}")
+    return page.evaluate("key => JSON.parse(localStorage.getItem(key) || '[]')", pending_key(page))
 
 
 def prompt_shown(page: Page) -> str:
@@ -69,6 +83,7 @@ def expect_announced(page: Page, n: int) -> str:
 
 
 def press_and_count(page: Page, key: str, expect_done: int) -> None:
+    expect_shown(page)
     with page.expect_response(lambda r: r.url.endswith("/submit/"), timeout=TIMEOUT_MS) as submitted:
         page.keyboard.press(key)
     assert submitted.value.status == 201, submitted.value.text()
@@ -117,6 +132,7 @@ def test_signed_out_answers_are_kept_and_sent_after_signing_in_again(page: Page,
     # The session ends (it expired, or another tab logged out): the browser no longer holds it.
     # (Not a second tab that logs out and is closed mid-navigation: closing it hung Chromium
     # now and then, with no timeout to end it.)
+    expect_shown(page)
     page.context.clear_cookies()
 
     with page.expect_response(lambda r: r.url.endswith("/submit/")) as submitted:
@@ -137,7 +153,7 @@ def test_signed_out_answers_are_kept_and_sent_after_signing_in_again(page: Page,
     page.locator("main form button[type=submit]").click()
     page.wait_for_url(f"{live_server.url}/annotate/{rating.public_id}/")
     expect(page.locator("#progress-text")).to_have_text(re.compile(r"^1 of "))
-    page.wait_for_function("key => localStorage.getItem(key) === '[]'", arg=f"calibra-pending-{rating.public_id}")
+    page.wait_for_function("key => localStorage.getItem(key) === '[]'", arg=pending_key(page))
     judgment = Judgment.objects.get()
     assert judgment.choice == "aligned" and judgment.annotator.username == USER
 
@@ -149,6 +165,7 @@ def answer_after(page: Page, base_url: str, study: Study, change, expect_status:
     sign_in(page, base_url)
     open_study(page, base_url, study)
     page.wait_for_load_state("networkidle")
+    expect_shown(page)
     change()
     with page.expect_response(lambda r: r.url.endswith("/submit/")) as submitted:
         page.keyboard.press("y")
@@ -195,6 +212,7 @@ def test_after_a_click_enter_and_space_do_not_answer_the_next_item(page: Page, l
     assert done(page) == 1 and Judgment.objects.count() == 1 and pending(page, pairs) == []
 
     # Enter on an answer button that has focus as a new item appears (within 300 ms) is ignored.
+    expect_shown(page)
     page.keyboard.press("2")
     page.locator("button[data-choice=right]").press("Enter")  # focus and Enter in one call: well within 300 ms
     expect(page.locator("#progress-text")).to_have_text(re.compile(r"^2 of "))
@@ -277,10 +295,11 @@ def test_at_phone_width_the_stacked_images_are_top_and_bottom_and_the_answers_st
     assert seen_text(page, "button[data-choice=left]") == "Left is better 1"
 
 
-def test_the_1_to_5_scale_shows_its_anchors_keys_and_names(page: Page, live_server):
+def test_the_1_to_5_scale_shows_its_anchors_keys_and_names(page: Page, live_server, media_root):
     annotator()
     study = open_rating(prompts=2, per_prompt=1, rating_scale=Study.RatingScale.LIKERT5)
     member(study)
+    draw_files(media_root)
     page.set_default_timeout(TIMEOUT_MS)
     sign_in(page, live_server.url)
     open_study(page, live_server.url, study)
@@ -326,11 +345,12 @@ def test_each_item_is_announced_and_only_errors_show_in_the_error_colour(page: P
     # error: that answer is dropped, and the line is in the error colour.
     page.route("**/submit/", lambda route: route.fulfill(
         status=409, json={"error": "item_unavailable", "detail": "your lease on this item expired"}))
+    expect_shown(page)
     page.keyboard.press("2")
     expect(status).to_contain_text("not accepted: your lease on this item expired")
     expect(status).to_have_class(re.compile(r"\berror\b"))
     assert status.evaluate("s => getComputedStyle(s).color") == ERR_COLOUR
-    page.wait_for_function("key => localStorage.getItem(key) === '[]'", arg=f"calibra-pending-{pairs.public_id}")
+    page.wait_for_function("key => localStorage.getItem(key) === '[]'", arg=pending_key(page))
     expect(page.locator("#task")).to_be_visible()  # not a refusal of the annotator: the work goes on
 
 
@@ -343,7 +363,7 @@ def test_an_image_that_does_not_load_is_said_and_its_skip_records_why(page: Page
     sign_in(page, live_server.url)
     failed, requested = [], []
     page.on("response", lambda r: (failed.append(r.status), requested.append(r.url)) if ".jpg" in r.url else None)
-    open_study(page, live_server.url, pairs)
+    open_study(page, live_server.url, pairs, shown=False)
     status = page.locator("#status")
     expect(status).to_have_text(re.compile(r"^(Left|Right) image did not load\. .*Image did not load"))
     assert status.evaluate("s => getComputedStyle(s).color") == ERR_COLOUR
@@ -384,7 +404,7 @@ def test_an_image_that_fails_once_is_fetched_again_without_a_word(page: Page, li
             route.continue_()
 
     page.route("**/left.jpg*", once)
-    open_study(page, live_server.url, pairs)
+    open_study(page, live_server.url, pairs, shown=False)
     page.wait_for_function("() => { const i = document.getElementById('img-left');"
                            " return i.complete && i.naturalWidth > 0 && i.src.includes('retry=1'); }")
     assert len(refused) == 1

@@ -59,8 +59,9 @@ def main(base: str, study: str, username: str, password: str) -> dict:
         page.route("**/api/annotate/*/submit/", on_submit)
         page.goto(f"{base}/annotate/{study}/")
         page.locator("#task").wait_for(state="visible", timeout=15_000)
+        page.locator("#task .images[aria-busy=false]").wait_for(timeout=15_000)  # answers are taken from now
         page.keyboard.press("1")  # left
-        pending_key = f"calibra-pending-{study}"
+        pending_key = f"calibra-pending-{page.locator('#annotator').get_attribute('data-user')}-{study}"
         page.wait_for_function(
             f"() => window.localStorage.getItem({json.dumps(pending_key)}) === '[]'", timeout=20_000)
         seen["pending"] = json.loads(page.evaluate(f"window.localStorage.getItem({json.dumps(pending_key)})"))

@@ -14,6 +14,7 @@ import pytest
 from annotate.models import Judgment, StudyItem
 from annotate.roles import ANNOTATORS
 from annotate.services.accounts import user_create_with_role
+from tests.e2e.test_annotator_screen import draw_files
 from tests.factories import open_pairwise
 from tests.reliability.faults import check_study_consistent
 
@@ -21,11 +22,12 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_page_resends_an_answer_after_503_and_a_dropped_connection_and_it_counts_once(live_server):
+def test_the_page_resends_an_answer_after_503_and_a_dropped_connection_and_it_counts_once(live_server, media_root):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     user = user_create_with_role(username="page-annotator", password="page-pass-123", role=ANNOTATORS)
     study = open_pairwise(members=[user], prompts=2, per_prompt=1, redundancy=1)
+    draw_files(media_root)  # the page takes an answer only once the item's images are shown
     run = subprocess.run([sys.executable, str(Path(__file__).with_name("browser_retry.py")), live_server.url,
                           str(study.public_id), "page-annotator", "page-pass-123"],
                          capture_output=True, text=True, timeout=90)
