@@ -15,7 +15,6 @@ from rest_framework import permissions, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.pagination import CursorPagination
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
@@ -26,6 +25,7 @@ from annotate.models import Checkpoint, Dataset, Skip, Study, StudyMembership
 from annotate.roles import is_researcher
 from annotate.ratelimit import rate_count
 from annotate.authentication import FastTokenAuthentication
+from annotate.parsers import SafeJSONParser
 from annotate.services import annotation, queue_sql, studies
 
 
@@ -86,7 +86,8 @@ class StudyOutput(serializers.ModelSerializer):
         model = Study
         fields = ["id", "public_id", "name", "kind", "status", "question", "instructions", "rating_scale",
                   "redundancy", "gold_share", "gold_min_accuracy", "gold_min_answers", "lease_seconds",
-                  "items_per_annotator", "item_order", "completion_code", "crowd_link", "dataset", "checkpoints",
+                  "max_open_leases", "items_per_annotator", "item_order", "completion_code", "crowd_link", "dataset",
+                  "checkpoints",
                   "items", "created_at", "opened_at", "closed_at"]
 
 
@@ -104,6 +105,8 @@ class StudyCreateInput(serializers.Serializer):
     gold_min_accuracy = serializers.FloatField(min_value=0, max_value=1, default=0.7)
     gold_min_answers = serializers.IntegerField(min_value=1, max_value=1000, default=5)
     lease_seconds = serializers.IntegerField(min_value=10, max_value=24 * 3600, default=600)
+    max_open_leases = serializers.IntegerField(min_value=1, max_value=20, default=3,
+                                               help_text="items one annotator may hold at once")
     items_per_annotator = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False, allow_null=True,
                                                    default=None)  # the column's range on every database
     item_order = serializers.ChoiceField(choices=Study.ItemOrder.choices, default=Study.ItemOrder.CLOSEST_TO_COMPLETION)
@@ -293,13 +296,14 @@ class AnnotatorApi(APIView):
     """The annotator's endpoints: JSON in and out, token auth without the ORM (hot path)."""
 
     authentication_classes = [FastTokenAuthentication, SessionAuthentication]
-    parser_classes = [JSONParser]
+    parser_classes = [SafeJSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = _FirstRendererNegotiation
 
 
 ItemOutput = inline_serializer("AnnotatorItem", {
-    "item": serializers.UUIDField(), "kind": serializers.CharField(), "rating_scale": serializers.CharField(),
+    "item": serializers.UUIDField(), "lease": serializers.IntegerField(), "kind": serializers.CharField(),
+    "rating_scale": serializers.CharField(),
     "prompt": serializers.CharField(), "question": serializers.CharField(),
     "images": serializers.ListField(child=serializers.DictField()), "expires_at": serializers.DateTimeField(),
     "progress": serializers.DictField(),
@@ -373,10 +377,13 @@ class HotInput:
             return self._error(name, f"Ensure this field has no more than {max_length} characters.")
         return value
 
-    def integer(self, name: str, *, low: int | None = None, high: int | None = None) -> int | None:
+    def integer(self, name: str, *, low: int | None = None, high: int | None = None,
+                required: bool = False) -> int | None:
+        if required and name not in self.data:
+            return self._error(name, "This field is required.")
         value = self.data.get(name)
         if value is None or value == "":
-            return None
+            return self._error(name, "This field may not be null.") if required else None
         try:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -439,11 +446,13 @@ class NextItemApi(AnnotatorApi):
             return error_response(exc)
         progress = annotation.progress_of(membership)
         if lease is None:
-            # The completion code pays a crowd worker: only for work done. Someone who arrives when
-            # the others have filled every slot is told so, without a code.
-            if progress["answered"]:
-                return Response({"done": True, "completion_code": study.completion_code, "reason": "finished",
-                                 "progress": progress})
+            # The completion code pays a crowd worker: only for work done (their quota of answers,
+            # or every item they could answer). Someone who arrives when the others have filled
+            # every slot, or who skipped their way to the end of a quota, is told so, without a code.
+            quota = study.items_per_annotator
+            if progress["answered"] and (quota is None or progress["answered"] >= quota):
+                return Response({"done": True, "completion_code": membership.completion_code or study.completion_code,
+                                 "reason": "finished", "progress": progress})
             return Response({"done": True, "completion_code": "", "reason": "no_items_left", "progress": progress})
         return Response({**selectors.annotator_item_payload(lease=lease, study=study), "progress": progress})
 
@@ -458,6 +467,8 @@ class SubmitApi(AnnotatorApi):
             ref_name = "SubmitInput"
 
         item = serializers.UUIDField()
+        lease = serializers.IntegerField(min_value=1, max_value=2**63 - 1,
+                                         help_text="the lease of the display answered (next/ gives it)")
         client_id = serializers.UUIDField()
         choice = serializers.CharField(max_length=16)
         score = serializers.IntegerField(required=False, allow_null=True, default=None)
@@ -465,21 +476,27 @@ class SubmitApi(AnnotatorApi):
         time_spent_ms = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0,
                                                  max_value=24 * 3600 * 1000)
 
+    @staticmethod
+    def hot_fields(data: HotInput) -> dict:
+        """The body's fields as ``Input`` would validate them (HotInput's errors as its errors)."""
+        return {"item": data.uuid_field("item"), "lease": data.integer("lease", low=1, high=2**63 - 1, required=True),
+                "client_id": data.uuid_field("client_id"), "choice": data.text("choice", 16),
+                "score": data.integer("score"), "reason": data.text("reason", 64, required=False),
+                "time_spent_ms": data.integer("time_spent_ms", low=0, high=HotInput.MAX_SPENT_MS)}
+
     @extend_schema(request=Input, responses={201: inline_serializer("Submitted", {
         "client_id": serializers.UUIDField(), "created": serializers.BooleanField(),
         "progress": serializers.DictField()})})
     def post(self, request, study_id):
         membership = _membership(request, study_id)
         data = HotInput(request.data)
-        fields = {"item_public_id": data.uuid_field("item"), "client_id": data.uuid_field("client_id"),
-                  "choice": data.text("choice", 16), "score": data.integer("score"),
-                  "reason": data.text("reason", 64, required=False),
-                  "time_spent_ms": data.integer("time_spent_ms", low=0, high=HotInput.MAX_SPENT_MS)}
+        fields = self.hot_fields(data)
         if (invalid := data.response()) is not None:
             return invalid
         try:
             result = annotation.judgment_submit(study=membership.study, annotator=request.user,
-                                                membership=membership, **fields)
+                                                membership=membership, item_public_id=fields.pop("item"),
+                                                lease_id=fields.pop("lease"), **fields)
         except annotation.AnnotationError as exc:
             return error_response(exc)
         return Response(
@@ -498,6 +515,8 @@ class SkipApi(AnnotatorApi):
             ref_name = "SkipInput"
 
         item = serializers.UUIDField()
+        lease = serializers.IntegerField(min_value=1, max_value=2**63 - 1,
+                                         help_text="the lease of the display skipped (next/ gives it)")
         client_id = serializers.UUIDField()
         reason = serializers.ChoiceField(choices=Skip.Reason.choices)
         note = serializers.CharField(required=False, allow_blank=True, default="", max_length=300)
@@ -512,7 +531,8 @@ class SkipApi(AnnotatorApi):
         try:
             fields = dict(data.validated_data)
             skip, created = annotation.skip_submit(study=study, annotator=request.user,
-                                                   item_public_id=fields.pop("item"), **fields)
+                                                   item_public_id=fields.pop("item"), lease_id=fields.pop("lease"),
+                                                   **fields)
         except annotation.AnnotationError as exc:
             return error_response(exc)
         return Response({"client_id": str(skip.client_id), "created": created,

@@ -153,6 +153,8 @@ def annotator_item_payload(*, lease: Assignment, study: Study) -> dict:
     slots = ["left", "right"] if study.kind == Study.Kind.PAIRWISE else ["single"]
     return {
         "item": str(item.public_id),
+        # The display this payload makes (its sides): answers name it, and are stored against it.
+        "lease": lease.pk,
         "kind": study.kind,
         "rating_scale": study.rating_scale,
         "prompt": item.prompt.text,

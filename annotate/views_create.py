@@ -25,6 +25,8 @@ class _StudyForm(forms.Form):
                                   help_text="share of items with a known answer, to check annotators")
     item_order = forms.ChoiceField(choices=Study.ItemOrder.choices, initial=Study.ItemOrder.CLOSEST_TO_COMPLETION)
     items_per_annotator = forms.IntegerField(min_value=1, required=False, help_text="empty: no limit")
+    max_open_leases = forms.IntegerField(min_value=1, max_value=20, initial=3, required=False,
+                                         help_text="items one annotator may hold at once (the page holds two)")
     instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
                                    help_text="Markdown, shown to annotators")
     question = forms.CharField(max_length=300, required=False, help_text="empty: the standard question")
@@ -42,6 +44,8 @@ class _StudyForm(forms.Form):
         data["members"] = [u.username for u in data.pop("members")]
         if not data.get("items_per_annotator"):
             data["items_per_annotator"] = None
+        if not data.get("max_open_leases"):
+            data.pop("max_open_leases", None)  # the model's default
         return data
 
 

@@ -9,6 +9,10 @@ simulated annotators (next item -> submit, in a loop), in two modes:
   <= 8 ms of server CPU (gunicorn and PostgreSQL) per judgment.
 - realistic: 100 annotators, each pausing 1 s per item. Target: p99 of next + submit
   <= 100 ms.
+- gold (``--mode gold``): a quarter of the items gold; 20 annotators answer until 400 submits
+  are timed. Target: gold and other submits take the same time (medians within 15%, and a
+  two-sided Mann-Whitney test finds no difference, p > 0.05), so that an annotator cannot tell
+  gold items by how long their answers take.
 
 It prints one JSON line per mode, then checks with SQL that no acknowledged judgment was
 lost or duplicated and that no item holds more judgments than its redundancy.
@@ -64,8 +68,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {
     "saturation": {"judgments_per_s_min": 250.0, "server_cpu_ms_per_judgment_max": 8.0},
     "realistic": {"rt_p99_ms_max": 100.0},
+    "gold": {"median_ratio_max": 1.15, "mann_whitney_p_min": 0.05},
 }
-DEFAULT_ANNOTATORS = {"saturation": 50, "realistic": 100}
+DEFAULT_ANNOTATORS = {"saturation": 50, "realistic": 100, "gold": 20}
+GOLD_SHARE = 0.25
 
 
 def log(*args) -> None:
@@ -130,7 +136,7 @@ def build_data(n_users: int, n_items: int, modes: list[str], out: str) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     from rest_framework.authtoken.models import Token
 
-    from annotate.models import Checkpoint, Dataset, Image, Prompt, Study
+    from annotate.models import Checkpoint, Dataset, Image, Prompt, Study, StudyItem
     from annotate.roles import ANNOTATORS
     from annotate.services.accounts import user_create_with_role
     from annotate.services.studies import study_add_members, study_create_pairwise, study_open
@@ -168,6 +174,12 @@ def build_data(n_users: int, n_items: int, modes: list[str], out: str) -> None:
         study = study_open(study=study)
         studies[mode] = {"id": study.pk, "public_id": str(study.public_id), "redundancy": study.redundancy,
                          "items": study.items.count()}
+        if mode == "gold":  # gold answers known, and no pause: every annotator keeps answering
+            Study.objects.filter(pk=study.pk).update(gold_min_accuracy=0.0)
+            items = list(study.items.values_list("pk", "public_id"))
+            gold = random.Random(0).sample(items, round(GOLD_SHARE * len(items)))
+            StudyItem.objects.filter(pk__in=[pk for pk, _ in gold]).update(is_gold=True, gold_answer="a")
+            studies[mode]["gold_items"] = [str(public_id) for _, public_id in gold]
     assert all(s.status == Study.Status.OPEN for s in Study.objects.all())
     with open(out, "w") as fh:
         json.dump({"studies": studies, "tokens": tokens}, fh)
@@ -387,7 +399,7 @@ async def annotator(run: Run, host: str, port: int, token: str, study: str, paus
                 run.done += 1
                 return
             client_id = str(uuid.uuid4())
-            payload = json.dumps({"item": data["item"], "client_id": client_id,
+            payload = json.dumps({"item": data["item"], "lease": data["lease"], "client_id": client_id,
                                   "choice": rng.choice(("left", "right", "tie")),
                                   "time_spent_ms": rng.randint(800, 4000)}).encode()
             t1 = time.perf_counter()
@@ -487,6 +499,66 @@ async def drive(args, mode: str, study: dict, tokens: list[str], n: int, gunicor
         "client_cpu_s": round(client_cpu, 2),
         "client_cpu_ms_per_judgment": per(client_cpu),
     }
+
+
+async def gold_annotator(args, run: Run, token: str, study: str, gold: set, timed: list, want: int):
+    """Next, then submit, timing the submit and noting whether the item was gold."""
+    client = HttpClient("127.0.0.1", args.port, token)
+    next_path, submit_path = f"/api/annotate/{study}/next/".encode(), f"/api/annotate/{study}/submit/".encode()
+    rng = random.Random()
+    try:
+        while len(timed) < want:
+            status, body = await client.post(next_path, b'{"exclude": []}')
+            data = json.loads(body)
+            if status != 200 or data.get("done"):
+                run.errors[f"next_{status}"] += 1
+                return
+            payload = json.dumps({"item": data["item"], "lease": data.get("lease"), "client_id": str(uuid.uuid4()),
+                                  "choice": rng.choice(("left", "right", "tie"))}).encode()
+            t0 = time.perf_counter()
+            status, _ = await client.post(submit_path, payload)
+            spent = (time.perf_counter() - t0) * 1000
+            if status != 201:
+                run.errors[f"submit_{status}"] += 1
+                await asyncio.sleep(client.retry_after if status == 429 else 0.05)
+                continue
+            timed.append((data["item"] in gold, spent))
+            await asyncio.sleep(0.1 + 0.1 * rng.random())  # under the submit rate limit, not in lock step
+    finally:
+        client.close()
+
+
+def run_gold(args, data: dict) -> dict:
+    """Gold and other submits, timed alike; compared by their medians and a Mann-Whitney test."""
+    from scipy.stats import mannwhitneyu
+
+    study = data["studies"]["gold"]
+    n = args.annotators or DEFAULT_ANNOTATORS["gold"]
+    run, timed, warm = Run(), [], []
+
+    async def go():  # a warm-up, untimed, then the timed submits
+        await asyncio.gather(*(gold_annotator(args, run, data["tokens"][i], study["public_id"],
+                                              set(study["gold_items"]), warm, 4 * n) for i in range(n)))
+        await asyncio.gather(*(gold_annotator(args, run, data["tokens"][i], study["public_id"],
+                                              set(study["gold_items"]), timed, args.gold_submits) for i in range(n)))
+
+    log(f"gold: {n} annotators, {args.gold_submits} submits timed, {GOLD_SHARE:.0%} of items gold")
+    asyncio.run(go())
+    if not timed:
+        raise SystemExit(f"gold: nothing timed; errors {dict(run.errors)}")
+    gold = [ms for is_gold, ms in timed if is_gold]
+    other = [ms for is_gold, ms in timed if not is_gold]
+    med_gold, med_other = statistics.median(gold), statistics.median(other)
+    ratio = max(med_gold, med_other) / min(med_gold, med_other)
+    p = float(mannwhitneyu(gold, other, alternative="two-sided").pvalue)
+    t = TARGETS["gold"]
+    targets = {"median_ratio": {"max": t["median_ratio_max"], "pass": ratio <= t["median_ratio_max"]},
+               "mann_whitney_p": {"min": t["mann_whitney_p_min"], "pass": p > t["mann_whitney_p_min"]}}
+    return {"mode": "gold", "annotators": n, "submits": len(timed), "gold_submits": len(gold),
+            "gold_submit_median_ms": _round(med_gold), "other_submit_median_ms": _round(med_other),
+            "gold_submit_p90_ms": _round(_percentile(gold, 0.9)), "other_submit_p90_ms": _round(_percentile(other, 0.9)),
+            "median_ratio": round(ratio, 3), "mann_whitney_p": round(p, 4), "errors": dict(run.errors),
+            "targets": targets, "pass": all(v["pass"] for v in targets.values())}
 
 
 def _round(v: float | None) -> float | None:
@@ -593,7 +665,8 @@ def run_mode(args, mode: str, data: dict, gunicorn_pid: int, db_url: str) -> dic
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["saturation", "realistic", "both"], default="both")
+    p.add_argument("--mode", choices=["saturation", "realistic", "both", "gold"], default="both")
+    p.add_argument("--gold-submits", type=int, default=400, help="gold mode: submits timed (default 400)")
     p.add_argument("--seconds", type=float, default=60, help="measured seconds per mode (default 60)")
     p.add_argument("--warmup", type=float, default=5, help="unmeasured seconds before each mode (default 5)")
     p.add_argument("--annotators", type=int, default=None,
@@ -635,7 +708,8 @@ def main() -> int:
     try:
         proc = gunicorn_start(args, args.database_url)
         for mode in modes:
-            result = run_mode(args, mode, data, proc.pid, args.database_url)
+            result = (run_gold(args, data) if mode == "gold" else
+                      run_mode(args, mode, data, proc.pid, args.database_url))
             ok &= result["pass"]
             print(json.dumps(result), flush=True)
     finally:

@@ -67,7 +67,7 @@ def answer_all(study, user, truth, rng, assignment_next, judgment_submit) -> Non
             choice = "tie" if rng.random() < 0.9 else rng.choice(["left", "right"])
         else:
             choice = "left" if bool(a_ok) == lease.a_on_left else "right"
-        judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+        judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                         client_id=uuid.uuid4(), choice=choice)
 
 

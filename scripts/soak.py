@@ -158,8 +158,8 @@ async def annotator(run: Run, port: int, token: str, study: str, stop: asyncio.E
                 return
             client_id = str(uuid.uuid4())
             run.uncertain.add(client_id)
-            body = json.dumps({"item": data["item"], "client_id": client_id, "choice": rng.choice(("left", "right")),
-                               "time_spent_ms": rng.randint(800, 4000)}).encode()
+            body = json.dumps({"item": data["item"], "lease": data["lease"], "client_id": client_id,
+                               "choice": rng.choice(("left", "right")), "time_spent_ms": rng.randint(800, 4000)}).encode()
             # Once sent, an answer is resent until the server has it, even after the stop.
             got = await _post(run, client, submit_path, body, "submit", time.monotonic() + settle)
             if got is not None:

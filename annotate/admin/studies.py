@@ -1,8 +1,6 @@
 """Studies, their items, members, leases, judgments, skips and reports."""
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 
 from django import forms
@@ -22,6 +20,7 @@ from annotate.admin.base import (
     ServiceAddForm,
     changelist_link,
     count_of,
+    csv_pieces,
     csv_response,
     short,
 )
@@ -71,7 +70,7 @@ class StudyAddForm(ServiceAddForm):
         model = models.Study
         fields = ["name", "kind", "dataset", "checkpoints", "gold_share", "instructions", "question",
                   "rating_scale", "redundancy", "gold_min_accuracy", "gold_min_answers", "lease_seconds",
-                  "items_per_annotator", "item_order", "completion_code", "crowd_link"]
+                  "max_open_leases", "items_per_annotator", "item_order", "completion_code", "crowd_link"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -143,7 +142,8 @@ class StudyAdmin(ServiceAddAdmin):
     add_form = StudyAddForm
     add_fields = ("name", "kind", "dataset", "checkpoints", "pairing", "gold_share", "instructions",
                   "question", "rating_scale", "redundancy", "gold_min_accuracy", "gold_min_answers",
-                  "lease_seconds", "items_per_annotator", "item_order", "completion_code", "crowd_link")
+                  "lease_seconds", "max_open_leases", "items_per_annotator", "item_order", "completion_code",
+                  "crowd_link")
     service_errors = (studies.StudyError,)
 
     def create(self, request, data):
@@ -185,22 +185,11 @@ class StudyAdmin(ServiceAddAdmin):
         """The judgments of the selected studies, as the judgment export writes them, with the
         study's public id first."""
         chosen = list(queryset.order_by("pk"))
-
-        def pieces():
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["study", *exports.COLUMNS])
-            yield exports.take(buffer)
-            for study in chosen:
-                chunks = exports.judgments_export_chunks(study=study, fmt="csv")
-                next(chunks)  # its header
-                for chunk in chunks:
-                    writer.writerows([str(study.public_id), *row] for row in csv.reader(io.StringIO(chunk)))
-                    yield exports.take(buffer)
-
+        rows = ([str(study.public_id), *record] for study in chosen
+                for chunk in exports.judgment_record_chunks(study=study, fmt="csv") for record in chunk)
         name = (exports.export_filename(study=chosen[0], fmt="csv") if len(chosen) == 1
                 else "studies-judgments.csv")
-        return csv_response(name, pieces())
+        return csv_response(name, csv_pieces(["study", *exports.COLUMNS], rows))
 
     def _lifecycle(self, request, queryset, done: str, change: Callable[[models.Study], str | None]):
         acted, skipped = [], []

@@ -37,6 +37,7 @@ from django.utils import timezone
 
 from annotate.models import Assignment, Judgment, Skip, Study, StudyItem, StudyMembership
 from annotate.services import queue_sql
+from annotate.services.queue_sql import GOLD_PAUSE_PREFIX
 
 
 class AnnotationError(Exception):
@@ -64,6 +65,16 @@ class InvalidAnswer(AnnotationError):
     status, code = 400, "invalid_answer"
 
 
+class StaleDisplay(AnnotationError):
+    """The answer was given to a display of the item that is no longer the annotator's: the item
+    was leased to them again since (another tab, a lapsed lease), its sides drawn anew."""
+    status, code = 409, "stale_display"
+
+
+class TooManyLeases(AnnotationError):
+    status, code = 409, "too_many_leases"
+
+
 PAIRWISE_CHOICES = {"left", "right", "tie"}
 TIE_REASONS = {"", "both_good", "both_bad"}
 
@@ -73,11 +84,6 @@ def membership_get(*, study: Study, annotator) -> StudyMembership:
         return StudyMembership.objects.select_related("study").get(study=study, annotator=annotator)
     except StudyMembership.DoesNotExist:
         raise NotAMember("you are not a member of this study") from None
-
-
-# The start of the reason the gold check writes; the annotator is not told it (it would say
-# which items are gold, and how they did on them): only a researcher's own reason is shown.
-GOLD_PAUSE_PREFIX = "gold accuracy"
 
 
 def pause_reason_for_annotator(membership: StudyMembership) -> str:
@@ -139,25 +145,34 @@ def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), n
     membership = _active_membership(study, annotator, membership)
     _release_lapsed_now_and_then(now)
     queue_sql.plans_refresh_now_and_then()
-    new = True
-    if study.items_per_annotator is not None:
-        in_hand = queue_sql.open_lease_count(study=study, annotator=annotator)
-        new = membership.answered_count + membership.skipped_count + in_hand < study.items_per_annotator
-    ask = dict(study=study, annotator=annotator, now=now, exclude=list(exclude), new=new,
+    ask = dict(study=study, annotator=annotator, now=now, exclude=list(exclude),
                closest=study.item_order == Study.ItemOrder.CLOSEST_TO_COMPLETION,
                start=start_rank(study, annotator, membership), expires_at=now + timedelta(seconds=study.lease_seconds),
                a_on_left=random.random() < 0.5 if study.kind == Study.Kind.PAIRWISE else None)
     passed_over: list[int] = []
     released = False
     with transaction.atomic():
+        new, in_hand = True, 0
+        if study.items_per_annotator is not None or exclude:
+            if exclude:  # one annotator's preloads are counted one after another, so the cap holds
+                queue_sql.membership_lock(membership_id=membership.pk)
+            in_hand = queue_sql.open_lease_count(study=study, annotator=annotator)
+            # Only answers fill the quota: a skip is no work done, and must not earn a completion code.
+            if study.items_per_annotator is not None:
+                new = membership.answered_count + in_hand < study.items_per_annotator
+            # Only a preload (exclude) asks for one more: otherwise the held lease comes back.
+            new = new and not (exclude and in_hand >= study.max_open_leases)
         while True:
-            lease, passed = queue_sql.lease_held_or_new(**ask, passed_over=passed_over, with_held=not passed_over)
+            lease, passed = queue_sql.lease_held_or_new(**ask, new=new, passed_over=passed_over,
+                                                        with_held=not passed_over)
             if lease is not None:
                 return lease
             if passed is not None:  # leased by a concurrent request of the same annotator
                 passed_over.append(passed)
             elif new and not released and queue_sql.leases_release_lapsed(now=now, study_id=study.pk):
                 released = True  # abandoned slots came back: look again
+            elif exclude and not new and in_hand >= study.max_open_leases:
+                raise TooManyLeases(f"you hold {in_hand} items of this study already; answer one first")
             else:
                 return None
 
@@ -192,29 +207,34 @@ def answer_in_item_terms(choice: str, score: int | None, a_on_left: bool | None)
     return choice
 
 
-def _record_gold(study: Study, annotator, correct: bool, delta: int = 1) -> None:
-    membership = StudyMembership.objects.select_for_update().get(study=study, annotator=annotator)
-    membership.gold_answered += delta
-    membership.gold_correct += delta * int(correct)
-    if (delta > 0 and not membership.is_paused and membership.gold_answered >= study.gold_min_answers
-            and membership.gold_correct / membership.gold_answered < study.gold_min_accuracy):
-        membership.is_paused = True
-        membership.paused_reason = (
-            f"{GOLD_PAUSE_PREFIX} {membership.gold_correct}/{membership.gold_answered} is below "
-            f"{study.gold_min_accuracy:.0%}"
-        )
-        # Flagged, never deleted: the report decides whether to count them.
-        Judgment.objects.filter(item__study=study, annotator=annotator).update(
-            is_flagged=True, flag_reason="annotator paused: " + membership.paused_reason)
-    membership.save(update_fields=["gold_answered", "gold_correct", "is_paused", "paused_reason"])
+def _flag_after_gold_pause(study: Study, annotator) -> None:
+    """The answer just stored paused its annotator (gold accuracy fell below the study's):
+    their judgments are flagged, never deleted; the report decides whether to count them."""
+    reason = StudyMembership.objects.values_list("paused_reason", flat=True).get(study=study, annotator=annotator)
+    Judgment.objects.filter(item__study=study, annotator=annotator).update(
+        is_flagged=True, flag_reason="annotator paused: " + reason)
 
 
-def _locked_item_and_lease(study: Study, annotator, item_public_id):
-    """The item, locked, and the annotator's latest lease on it (or None)."""
-    item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id, annotator=annotator)
+def _lease_for_answer(study: Study, annotator, item_public_id, lease_id, client_id, membership,
+                      repeat_of) -> tuple[queue_sql.LockedItem, queue_sql.AnswerLease | None, object]:
+    """The item, locked, and the lease the answer names, checked to be the display the annotator
+    answered; or (item, None, the stored outcome) for a resend of a stored answer."""
+    item, lease = queue_sql.item_lock_with_lease(study=study, item_public_id=item_public_id, annotator=annotator,
+                                                 lease_id=lease_id)
     if item is None:
         raise ItemUnavailable("no such item in this study")
-    return item, lease
+    queue_sql.membership_lock(membership_id=membership.pk)
+    repeat = repeat_of(annotator, client_id, item_public_id, membership)
+    if repeat is not None:
+        return item, None, repeat
+    if lease is None:  # not a lease of theirs on this item
+        _raise_not_leased(item, annotator)
+    if not lease.latest:
+        raise StaleDisplay("this item was shown to you again since, with its images placed anew; "
+                           "that answer was not stored: answer the item as it is shown now")
+    if lease.state in (Assignment.State.ANSWERED, Assignment.State.SKIPPED):
+        _raise_not_leased(item, annotator)
+    return item, lease, None
 
 
 def _raise_not_leased(item, annotator) -> None:
@@ -223,7 +243,7 @@ def _raise_not_leased(item, annotator) -> None:
         raise ItemUnavailable("you already answered this item")
     if Skip.objects.filter(item_id=item.id, annotator=annotator).exists():
         raise ItemUnavailable("you skipped this item; undo the skip to answer it")
-    raise ItemUnavailable("this item was not assigned to you")
+    raise ItemUnavailable("this item was not assigned to you (under that lease)")
 
 
 @dataclass
@@ -238,9 +258,15 @@ class Submitted:
         return Judgment.objects.get(pk=self.judgment_id)
 
 
-def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID, choice: str,
+def judgment_submit(*, study: Study, annotator, item_public_id, lease_id: int, client_id: uuid.UUID, choice: str,
                     score: int | None = None, reason: str = "", time_spent_ms: int | None = None,
                     now: datetime | None = None, membership: StudyMembership | None = None) -> Submitted:
+    """Store an answer to the display that lease ``lease_id`` made: that lease's sides, or a
+    refusal (StaleDisplay) when the item has been leased to the annotator again since.
+
+    Gold items take the same statements as any other (graded inside them), so that nothing
+    in the response, its timing included, tells an annotator which items are gold.
+    """
     now = now or timezone.now()
     membership = membership or membership_get(study=study, annotator=annotator)
     try:
@@ -254,42 +280,39 @@ def judgment_submit(*, study: Study, annotator, item_public_id, client_id: uuid.
         raise
     score = score if choice == Judgment.Choice.SCORE else None
     fast = queue_sql.answer_in_one_statement(
-        study=study, item_public_id=item_public_id, annotator=annotator, membership_id=membership.id,
-        client_id=client_id, choice=choice, score=score, reason=reason, time_spent_ms=time_spent_ms, now=now)
+        study=study, item_public_id=item_public_id, lease_id=lease_id, annotator=annotator,
+        membership_id=membership.id, client_id=client_id, choice=choice, score=score, reason=reason,
+        time_spent_ms=time_spent_ms, now=now, answer=answer_in_item_terms(choice, score, None))
     if fast is not None:
-        judgment_id, membership.answered_count, membership.skipped_count = fast
-        return Submitted(judgment_id, client_id, True, progress_of(membership))
-    with transaction.atomic():
-        item, lease = _locked_item_and_lease(study, annotator, item_public_id)
-        if lease is None or lease.state in (Assignment.State.ANSWERED, Assignment.State.SKIPPED):
-            # Its lease is settled: a resend of a stored answer, or a second answer.
-            repeat = _repeat(annotator, client_id, item_public_id, membership)
+        judgment_id, membership.answered_count, membership.skipped_count, paused = fast
+    else:
+        with transaction.atomic():
+            item, lease, repeat = _lease_for_answer(study, annotator, item_public_id, lease_id, client_id,
+                                                    membership, _repeat)
             if repeat is not None:
                 return repeat
-            _raise_not_leased(item, annotator)
-        # A lease released after it lapsed gave its slot back: the answer needs a free one.
-        takes_slot = not lease.unsettled
-        if takes_slot and item.taken >= study.redundancy:
-            raise ItemUnavailable("your lease on this item expired and the item has been completed by others")
-        gold_correct = None
-        if item.is_gold:
-            gold_correct = answer_in_item_terms(choice, score, lease.a_on_left) == item.gold_answer
-        judgment_id = queue_sql.judgment_insert(
-            item_id=item.id, annotator=annotator, assignment_id=lease.id, client_id=client_id, choice=choice,
-            score=score, reason=reason, a_on_left=lease.a_on_left, time_spent_ms=time_spent_ms,
-            gold_correct=gold_correct, now=now)
-        if judgment_id is None:
-            # A unique constraint held: the same client id committed by a concurrent request
-            # first (a repeat), or its client id used for another item.
-            repeat = _repeat(annotator, client_id, item_public_id, membership)
-            if repeat is not None:
-                return repeat
-            raise ItemUnavailable("you already answered this item")
-        answered, skipped = queue_sql.answer_settle(lease_id=lease.id, item_id=item.id, membership_id=membership.id,
-                                                    takes_slot=takes_slot)
-        if item.is_gold:
-            _record_gold(study, annotator, gold_correct)
-    membership.answered_count, membership.skipped_count = answered, skipped
+            # A lease released after it lapsed gave its slot back: the answer needs a free one.
+            takes_slot = not lease.unsettled
+            if takes_slot and item.taken >= study.redundancy:
+                raise ItemUnavailable("your lease on this item expired and the item has been completed by others")
+            gold_correct = None
+            if item.is_gold:
+                gold_correct = answer_in_item_terms(choice, score, lease.a_on_left) == item.gold_answer
+            judgment_id = queue_sql.judgment_insert(
+                item_id=item.id, annotator=annotator, assignment_id=lease.id, client_id=client_id, choice=choice,
+                score=score, reason=reason, a_on_left=lease.a_on_left, time_spent_ms=time_spent_ms,
+                gold_correct=gold_correct, now=now)
+            if judgment_id is None:
+                # A unique constraint held: its client id used for another item, or the item answered.
+                repeat = _repeat(annotator, client_id, item_public_id, membership)
+                if repeat is not None:
+                    return repeat
+                raise ItemUnavailable("you already answered this item")
+            membership.answered_count, membership.skipped_count, paused = queue_sql.answer_settle(
+                study=study, lease_id=lease.id, item_id=item.id, membership_id=membership.id,
+                takes_slot=takes_slot, gold=item.is_gold, correct=bool(gold_correct))
+    if paused:  # by this answer: the annotator was not paused before it
+        _flag_after_gold_pause(study, annotator)
     return Submitted(judgment_id, client_id, True, progress_of(membership))
 
 
@@ -304,19 +327,25 @@ def _repeat(annotator, client_id, item_public_id, membership: StudyMembership) -
     return Submitted(judgment_id, client_id, False, progress_of(membership))
 
 
-def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID, reason: str,
+def _repeat_skip(annotator, client_id, item_public_id, membership) -> Skip | None:
+    return Skip.objects.filter(annotator=annotator, client_id=client_id).first()
+
+
+def skip_submit(*, study: Study, annotator, item_public_id, lease_id: int, client_id: uuid.UUID, reason: str,
                 note: str = "", now: datetime | None = None) -> tuple[Skip, bool]:
+    """Record that the annotator passed on the display that lease ``lease_id`` made, with why."""
     now = now or timezone.now()
     if reason not in Skip.Reason.values:
         raise InvalidAnswer(f"reason must be one of {', '.join(Skip.Reason.values)}")
-    existing = Skip.objects.filter(annotator=annotator, client_id=client_id).first()
+    existing = _repeat_skip(annotator, client_id, item_public_id, None)
     if existing is not None:
         return existing, False  # a resent skip, whatever has changed since
     membership = _active_membership(study, annotator, None)
     with transaction.atomic():
-        item, lease = _locked_item_and_lease(study, annotator, item_public_id)
-        if lease is None or lease.state in (Assignment.State.ANSWERED, Assignment.State.SKIPPED):
-            _raise_not_leased(item, annotator)
+        item, lease, existing = _lease_for_answer(study, annotator, item_public_id, lease_id, client_id, membership,
+                                                  _repeat_skip)
+        if existing is not None:  # the same skip, stored by a concurrent request
+            return existing, False
         skip = Skip.objects.create(item_id=item.id, annotator=annotator, assignment_id=lease.id,
                                    client_id=client_id, reason=reason, note=note[:300])
         Assignment.objects.filter(pk=lease.id).update(state=Assignment.State.SKIPPED)
@@ -326,47 +355,61 @@ def skip_submit(*, study: Study, annotator, item_public_id, client_id: uuid.UUID
     return skip, True
 
 
+def _last_outcome(study: Study, annotator) -> Judgment | Skip | None:
+    """The annotator's last answer in the study, a judgment or a skip."""
+    last = (Judgment.objects.filter(item__study=study, annotator=annotator)
+            .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())
+    skipped = (Skip.objects.filter(item__study=study, annotator=annotator)
+               .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())
+    if skipped is not None and (last is None or skipped.created_at >= last.created_at):
+        return skipped
+    return last
+
+
 def judgment_undo(*, study: Study, annotator, now: datetime | None = None) -> Assignment:
     """Take back the annotator's last answer, a judgment or a skip, while its lease holds;
     returns the lease, open again.
 
+    Under the item's lock and then the annotator's (the order every answer takes), so that
+    concurrent undos (two tabs, a double press) take back one answer each, and counts always
+    equal rows. A gold answer is taken back with the same statements as any other.
     A skip gave its slot back to the item: taking it back takes the slot again, unless the item
     has been given to others since (then it cannot be undone)."""
     now = now or timezone.now()
-    _active_membership(study, annotator, None)
-    with transaction.atomic():
-        last = (Judgment.objects.filter(item__study=study, annotator=annotator)
-                .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())
-        skipped = (Skip.objects.filter(item__study=study, annotator=annotator)
-                   .select_related("assignment", "item__prompt").order_by("-created_at", "-pk").first())
-        if skipped is not None and (last is None or skipped.created_at >= last.created_at):
-            return _skip_undo(study, annotator, skipped, now)
+    membership = _active_membership(study, annotator, None)
+    for _ in range(5):
+        last = _last_outcome(study, annotator)
         if last is None:
             raise ItemUnavailable("there is nothing to undo")
-        lease = last.assignment
-        if lease is None or lease.expires_at <= now:
-            raise ItemUnavailable("the lease of your last answer has expired; it can no longer be undone")
-        StudyItem.objects.filter(pk=last.item_id).update(judgment_count=F("judgment_count") - 1)
-        StudyMembership.objects.filter(study=study, annotator=annotator).update(
-            answered_count=F("answered_count") - 1)
-        if last.item.is_gold:
-            _record_gold(study, annotator, bool(last.gold_correct), delta=-1)
-        last.delete()
-        Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.ACTIVE)
-        lease.refresh_from_db()
-        lease.item = last.item
-        return lease
+        with transaction.atomic():
+            queue_sql.item_lock(item_id=last.item_id)
+            if queue_sql.membership_lock(membership_id=membership.pk):
+                raise AnnotatorPaused(pause_reason_for_annotator(membership_get(study=study, annotator=annotator)))
+            again = _last_outcome(study, annotator)
+            if again is None:
+                raise ItemUnavailable("there is nothing to undo")
+            if (type(again), again.pk) != (type(last), last.pk):
+                continue  # another request answered or undid meanwhile: look again, under the locks
+            lease = last.assignment
+            if lease is None or lease.expires_at <= now:
+                raise ItemUnavailable("the lease of your last answer has expired; it can no longer be undone")
+            if isinstance(last, Skip):
+                return _skip_undo(study, membership, last, lease)
+            queue_sql.answer_take_back(judgment_id=last.pk, item_id=last.item_id, lease_id=lease.pk,
+                                       membership_id=membership.pk, gold=last.item.is_gold,
+                                       correct=bool(last.gold_correct))
+            lease.refresh_from_db()
+            lease.item = last.item
+            return lease
+    raise ItemUnavailable("your answers changed while this undo ran; try again")
 
 
-def _skip_undo(study: Study, annotator, skipped: Skip, now: datetime) -> Assignment:
-    lease = skipped.assignment
-    if lease is None or lease.expires_at <= now:
-        raise ItemUnavailable("the lease of your last answer has expired; it can no longer be undone")
-    item = StudyItem.objects.select_for_update().get(pk=skipped.item_id)
+def _skip_undo(study: Study, membership: StudyMembership, skipped: Skip, lease: Assignment) -> Assignment:
+    item = StudyItem.objects.get(pk=skipped.item_id)  # locked by the caller
     if item.taken >= study.redundancy:
         raise ItemUnavailable("the item you skipped has been given to others since; it can no longer be undone")
     StudyItem.objects.filter(pk=item.pk).update(taken=F("taken") + 1)
-    StudyMembership.objects.filter(study=study, annotator=annotator).update(skipped_count=F("skipped_count") - 1)
+    StudyMembership.objects.filter(pk=membership.pk).update(skipped_count=F("skipped_count") - 1)
     skipped.delete()
     Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.ACTIVE)
     lease.refresh_from_db()

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
 
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils.dateparse import parse_datetime
 
@@ -24,6 +25,7 @@ JUDGMENT = Judgment._meta.db_table
 SKIP = "annotate_skip"
 PROMPT = Prompt._meta.db_table
 MEMBERSHIP = StudyMembership._meta.db_table
+USER = get_user_model()._meta.db_table
 _UUID_FIELD = StudyItem._meta.get_field("public_id")
 
 
@@ -94,10 +96,10 @@ def _lease(lease_id, item: StudyItem, annotator, a_on_left, leased_at, expires_a
 
 
 _MEMBERSHIP_FIELDS = ["id", "study_id", "annotator_id", "is_paused", "paused_reason", "answered_count",
-                      "skipped_count", "cursor_rank"]
+                      "skipped_count", "cursor_rank", "completion_code"]
 _STUDY_FIELDS = ["id", "public_id", "name", "kind", "status", "question", "rating_scale", "redundancy",
                  "lease_seconds", "items_per_annotator", "item_order", "item_count", "completion_code",
-                 "gold_min_accuracy", "gold_min_answers"]
+                 "gold_min_accuracy", "gold_min_answers", "max_open_leases"]
 
 
 MEMBERSHIP_COLUMNS = ", ".join([f"m.{f}" for f in _MEMBERSHIP_FIELDS] + [f"s.{f}" for f in _STUDY_FIELDS])
@@ -295,16 +297,20 @@ def lease_renew(*, lease: Assignment, now: datetime, expires_at: datetime) -> No
 
 
 def leases_release_lapsed(*, now: datetime, study_id: int | None = None, limit: int = 1000) -> int:
-    """Release lapsed leases (at most ``limit``; found with the partial index of unsettled
-    leases): each gives its slot back to its item.
+    """Release lapsed leases, and those of deactivated accounts (at most ``limit``; found with
+    the partial index of unsettled leases): each gives its slot back to its item.
     Returns how many. Rows other requests hold are left for the next round (SKIP LOCKED), so
     this never waits on, or deadlocks with, an answer being stored."""
     params: dict = {"now": _dt(now), "limit": limit}
     in_study = ""
     if study_id is not None:
         in_study, params["study"] = " AND i.study_id = %(study)s", study_id
+    # A deactivated account's leases count as lapsed: whoever deactivates an annotator, their
+    # slots come back with the next release.
     lapsed = (f"SELECT a.id, a.item_id FROM {LEASE} a JOIN {ITEM} i ON i.id = a.item_id"
-              f" WHERE a.state = 'active' AND a.expires_at <= %(now)s{in_study} ORDER BY a.id LIMIT %(limit)s")
+              f" WHERE a.state = 'active' AND (a.expires_at <= %(now)s"
+              f" OR a.annotator_id IN (SELECT id FROM {USER} WHERE NOT is_active)){in_study}"
+              f" ORDER BY a.id LIMIT %(limit)s")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
@@ -329,6 +335,19 @@ def open_lease_count(*, study, annotator) -> int:
         f" WHERE a.annotator_id = %s AND a.state = 'active' AND i.study_id = %s", [annotator.pk, study.pk])[0]
 
 
+def membership_lock(*, membership_id: int) -> bool:
+    """Lock the annotator's membership row until the transaction ends; returns whether they are
+    paused now. Every write of one annotator's answers takes it after the item's lock (never
+    before: one order, no deadlock), so their concurrent requests settle one after another."""
+    lock = " FOR UPDATE" if takes_locks() else ""
+    return bool(_fetchone(f"SELECT is_paused FROM {MEMBERSHIP} WHERE id = %s{lock}", [membership_id])[0])
+
+
+def item_lock(*, item_id: int) -> None:
+    if takes_locks():
+        _fetchone(f"SELECT id FROM {ITEM} WHERE id = %s FOR UPDATE", [item_id])
+
+
 @dataclass(frozen=True)
 class LockedItem:
     id: int
@@ -343,16 +362,18 @@ class AnswerLease:
     id: int
     a_on_left: bool | None
     state: str
+    latest: bool  # no later lease of the annotator's on the item: the display it made is current
 
     @property
     def unsettled(self) -> bool:
         return self.state == Assignment.State.ACTIVE
 
 
-def item_lock_with_lease(*, study, item_public_id, annotator) -> tuple[LockedItem | None, AnswerLease | None]:
-    """The item, locked, and the annotator's latest lease on it (None if they never had one).
+def item_lock_with_lease(*, study, item_public_id, annotator, lease_id) -> tuple[LockedItem | None, AnswerLease | None]:
+    """The item, locked, and the annotator's lease ``lease_id`` on it (None when no lease of
+    theirs on this item has that id).
 
-    Two statements: the lease is read after the item's lock is held, so that it is the
+    Two statements: the lease is read after the item's lock is held, so that its state is the
     latest (a lease released just before the lock was taken is seen as released), and no
     release can change it before this transaction ends (releasing takes the item's lock too).
     """
@@ -364,9 +385,12 @@ def item_lock_with_lease(*, study, item_public_id, annotator) -> tuple[LockedIte
     if row is None:
         return None, None
     item = LockedItem(row[0], row[1], row[2], bool(row[3]), row[4])
-    lease = _fetchone(f"SELECT id, a_on_left, state FROM {LEASE} WHERE item_id = %s AND annotator_id = %s"
-                      f" ORDER BY (state = 'active') DESC, id DESC LIMIT 1", [item.id, annotator.pk])
-    return item, (None if lease is None else AnswerLease(lease[0], _bool_out(lease[1]), lease[2]))
+    lease = _fetchone(
+        f"SELECT id, a_on_left, state, NOT EXISTS (SELECT 1 FROM {LEASE} n WHERE n.item_id = a.item_id"
+        f" AND n.annotator_id = a.annotator_id AND n.id > a.id) FROM {LEASE} a"
+        f" WHERE a.id = %s AND a.item_id = %s AND a.annotator_id = %s",
+        [lease_id, item.id, annotator.pk]) if isinstance(lease_id, int) else None
+    return item, (None if lease is None else AnswerLease(lease[0], _bool_out(lease[1]), lease[2], bool(lease[3])))
 
 
 def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, choice: str, score, reason: str,
@@ -382,59 +406,112 @@ def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, c
     return None if row is None else row[0]
 
 
-def answer_settle(*, lease_id: int, item_id: int, membership_id: int, takes_slot: bool) -> tuple[int, int]:
+def _member_answered_sql(*, rank: str, gold: str, correct: str) -> str:
+    """The annotator's counts after an answer, its gold grade included whatever the item:
+    ``gold`` and ``correct`` are 0/1 expressions (0 off gold), so that gold and other answers do
+    the same work and cannot be told apart by their timing. Crossing below the study's gold
+    accuracy pauses the annotator in the same statement."""
+    answered, right = f"(gold_answered + {gold})", f"(gold_correct + {correct})"
+    fails = (f"{gold} > 0 AND NOT is_paused AND {answered} >= %(gold_min)s"
+             f" AND CAST({right} AS DOUBLE PRECISION) / NULLIF({answered}, 0) < %(gold_accuracy)s")
+    return (f"UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1, cursor_rank = {rank},"
+            f" gold_answered = {answered}, gold_correct = {right},"
+            f" is_paused = CASE WHEN {fails} THEN TRUE ELSE is_paused END,"
+            f" paused_reason = CASE WHEN {fails} THEN %(gold_prefix)s || ' ' || CAST({right} AS TEXT) || '/'"
+            f" || CAST({answered} AS TEXT) || ' is below ' || %(gold_percent)s ELSE paused_reason END")
+
+
+# The start of the reason the gold check writes; the annotator is not told it (it would say
+# which items are gold, and how they did on them): only a researcher's own reason is shown.
+GOLD_PAUSE_PREFIX = "gold accuracy"
+
+
+def _gold_params(study) -> dict:
+    return {"gold_min": study.gold_min_answers, "gold_accuracy": study.gold_min_accuracy,
+            "gold_prefix": GOLD_PAUSE_PREFIX, "gold_percent": f"{study.gold_min_accuracy:.0%}"}
+
+
+def answer_settle(*, study, lease_id: int, item_id: int, membership_id: int, takes_slot: bool,
+                  gold: bool, correct: bool) -> tuple[int, int, bool]:
     """Close the lease as answered, count the judgment on the item (and a slot, when its lease
-    had been released) and on the annotator; returns the annotator's (answered, skipped)."""
-    lease_sql = f"UPDATE {LEASE} SET state = 'answered' WHERE id = %s"
+    had been released) and on the annotator, gold graded; returns the annotator's (answered,
+    skipped, paused)."""
+    lease_sql = f"UPDATE {LEASE} SET state = 'answered' WHERE id = %(lease)s"
     item_sql = (f"UPDATE {ITEM} SET judgment_count = judgment_count + 1,"
-                f" taken = taken + {1 if takes_slot else 0} WHERE id = %s")
-    member_sql = (f"UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1,"
-                  f" cursor_rank = (SELECT rank FROM {ITEM} WHERE id = %s) WHERE id = %s"
-                  f" RETURNING answered_count, skipped_count")
+                f" taken = taken + {1 if takes_slot else 0} WHERE id = %(item)s")
+    member_sql = (_member_answered_sql(rank=f"(SELECT rank FROM {ITEM} WHERE id = %(item)s)",
+                                       gold="%(gold)s", correct="%(correct)s")
+                  + " WHERE id = %(membership)s RETURNING answered_count, skipped_count, is_paused")
+    params = {"lease": lease_id, "item": item_id, "membership": membership_id, "gold": int(gold),
+              "correct": int(correct), **_gold_params(study)}
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":  # one round trip
-            cursor.execute(f"WITH l AS ({lease_sql}), i AS ({item_sql}) {member_sql}",
-                           [lease_id, item_id, item_id, membership_id])
+            cursor.execute(f"WITH l AS ({lease_sql}), i AS ({item_sql}) {member_sql}", params)
         else:
-            cursor.execute(lease_sql, [lease_id])
-            cursor.execute(item_sql, [item_id])
-            cursor.execute(member_sql, [item_id, membership_id])
-        return cursor.fetchone()
+            cursor.execute(lease_sql, params)
+            cursor.execute(item_sql, params)
+            cursor.execute(member_sql, params)
+        answered, skipped, paused = cursor.fetchone()
+    return answered, skipped, bool(paused)
 
 
-def answer_in_one_statement(*, study, item_public_id, annotator, membership_id: int, client_id, choice: str,
-                            score, reason: str, time_spent_ms, now: datetime) -> tuple[int, int, int] | None:
-    """The common answer, on PostgreSQL, in one autocommitted statement: to a non-gold item
-    under an unsettled lease of the annotator's (its slot is theirs, lapsed or not), a new
-    judgment, its lease settled, the item's and the annotator's counts raised. Returns
-    (judgment id, answered, skipped), or None when any of that does not hold (no such lease,
-    a gold item, a client id or item already answered, SQLite): then nothing was written,
-    and the caller takes the general path.
+def answer_in_one_statement(*, study, item_public_id, lease_id: int, annotator, membership_id: int, client_id,
+                            choice: str, score, reason: str, time_spent_ms, now: datetime,
+                            answer: str) -> tuple[int, int, int, bool] | None:
+    """The common answer, on PostgreSQL, in one autocommitted statement: under the annotator's
+    unsettled lease ``lease_id`` on the item (its slot is theirs, lapsed or not), a new judgment
+    with that lease's sides, gold graded (``answer`` is the answer in item terms for choices
+    without a side), the lease settled, the item's and the annotator's counts raised. Returns
+    (judgment id, answered, skipped, paused), or None when any of that does not hold (not that
+    lease, a client id or item already answered, SQLite): then nothing was written, and the
+    caller takes the general path.
 
     Item and lease are both locked, so a lease released meanwhile is re-read as released
     (and the statement writes nothing) rather than answered with a slot it no longer has.
     """
     if connection.vendor != "postgresql" or (key := uuid_or_none(item_public_id)) is None:
         return None
+    sided = choice in ("left", "right")
     row = _fetchone(
-        f"WITH it AS (SELECT i.id AS item_id, i.rank, a.id AS lease_id, a.a_on_left"
-        f"  FROM {ITEM} i JOIN {LEASE} a ON a.item_id = i.id AND a.annotator_id = %(annotator)s"
-        f"  AND a.state = 'active'"
-        f"  WHERE i.study_id = %(study)s AND i.public_id = %(item)s AND NOT i.is_gold FOR UPDATE OF i, a),"
+        f"WITH it AS (SELECT i.id AS item_id, i.rank, a.id AS lease_id, a.a_on_left, i.is_gold,"
+        f"  CASE WHEN i.is_gold THEN (CASE WHEN %(sided)s THEN (CASE WHEN %(left)s = a.a_on_left THEN 'a'"
+        f"  ELSE 'b' END) ELSE %(answer)s END) = i.gold_answer END AS correct"
+        f"  FROM {ITEM} i JOIN {LEASE} a ON a.item_id = i.id AND a.id = %(lease)s"
+        f"  AND a.annotator_id = %(annotator)s AND a.state = 'active'"
+        f"  WHERE i.study_id = %(study)s AND i.public_id = %(item)s FOR UPDATE OF i, a),"
         f" ins AS (INSERT INTO {JUDGMENT} (item_id, annotator_id, assignment_id, client_id, created_at, choice,"
         f"  score, reason, a_on_left, time_spent_ms, gold_correct, is_flagged, flag_reason)"
         f"  SELECT item_id, %(annotator)s, lease_id, %(client)s, %(now)s, %(choice)s, %(score)s, %(reason)s,"
-        f"  a_on_left, %(spent)s, NULL, FALSE, '' FROM it ON CONFLICT DO NOTHING"
+        f"  a_on_left, %(spent)s, correct, FALSE, '' FROM it ON CONFLICT DO NOTHING"
         f"  RETURNING id, item_id, assignment_id),"
         f" l AS (UPDATE {LEASE} SET state = 'answered' WHERE id IN (SELECT assignment_id FROM ins)),"
-        f" c AS (UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id IN (SELECT item_id FROM ins))"
-        f" UPDATE {MEMBERSHIP} SET answered_count = answered_count + 1, cursor_rank = (SELECT rank FROM it)"
-        f" WHERE id = %(membership)s AND EXISTS (SELECT 1 FROM ins)"
-        f" RETURNING (SELECT id FROM ins), answered_count, skipped_count",
-        {"annotator": annotator.pk, "study": study.pk, "item": key, "client": uuid_param(client_id),
+        f" c AS (UPDATE {ITEM} SET judgment_count = judgment_count + 1 WHERE id IN (SELECT item_id FROM ins)) "
+        + _member_answered_sql(rank="(SELECT rank FROM it)",
+                               gold="(SELECT CASE WHEN is_gold THEN 1 ELSE 0 END FROM it)",
+                               correct="(SELECT CASE WHEN correct THEN 1 ELSE 0 END FROM it)")
+        + " WHERE id = %(membership)s AND EXISTS (SELECT 1 FROM ins)"
+          " RETURNING (SELECT id FROM ins), answered_count, skipped_count, is_paused",
+        {"annotator": annotator.pk, "study": study.pk, "item": key, "lease": lease_id, "client": uuid_param(client_id),
          "now": _dt(now), "choice": choice, "score": score, "reason": reason, "spent": time_spent_ms,
-         "membership": membership_id})
-    return None if row is None else tuple(row)
+         "membership": membership_id, "sided": sided, "left": choice == "left", "answer": answer,
+         **_gold_params(study)})
+    return None if row is None else (row[0], row[1], row[2], bool(row[3]))
+
+
+def answer_take_back(*, judgment_id: int, item_id: int, lease_id: int, membership_id: int,
+                     gold: bool, correct: bool) -> bool:
+    """Delete a judgment and undo its counts (its gold grade included, the same work for any
+    item), its lease open again; False when it was gone already."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {JUDGMENT} WHERE id = %s", [judgment_id])
+        if cursor.rowcount != 1:
+            return False
+        cursor.execute(f"UPDATE {ITEM} SET judgment_count = judgment_count - 1 WHERE id = %s", [item_id])
+        cursor.execute(f"UPDATE {MEMBERSHIP} SET answered_count = answered_count - 1,"
+                       f" gold_answered = gold_answered - %s, gold_correct = gold_correct - %s WHERE id = %s",
+                       [int(gold), int(gold and correct), membership_id])
+        cursor.execute(f"UPDATE {LEASE} SET state = 'active' WHERE id = %s", [lease_id])
+    return True
 
 
 def judgment_by_client_id(*, annotator, client_id) -> tuple[int, uuid.UUID] | None:

@@ -91,7 +91,7 @@ def judge(study, users, n: int) -> None:
     """``n`` judgments, each by the first of ``users`` who has an item left."""
     for made in range(n):
         user, lease = next((u, lease) for u in users if (lease := assignment_next(study=study, annotator=u)))
-        judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, client_id=uuid.uuid4(),
+        judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk, client_id=uuid.uuid4(),
                         choice="left", time_spent_ms=900 + made)
 
 
@@ -111,7 +111,7 @@ def world(researcher, django_capture_on_commit_callbacks):
     study = open_pairwise(members=users, prompts=3, per_prompt=1, redundancy=2)
     judge(study, users[:1], 1)
     lease = assignment_next(study=study, annotator=users[1])
-    skip_submit(study=study, annotator=users[1], item_public_id=lease.item.public_id, client_id=uuid.uuid4(),
+    skip_submit(study=study, annotator=users[1], item_public_id=lease.item.public_id, lease_id=lease.pk, client_id=uuid.uuid4(),
                 reason="unsure", note="too dark")
     assignment_next(study=study, annotator=users[1])  # an active lease
     prompt = Prompt.objects.order_by("pk").first()
@@ -435,7 +435,8 @@ def test_adding_a_study_makes_its_items_through_the_service(world, res_client):
     dataset, checkpoints = make_images(prompts=2, per_prompt=1, checkpoints=("c1", "c2"))
     form = {"name": "new pairs", "kind": "pairwise", "dataset": dataset.pk, "checkpoints": [c.pk for c in checkpoints],
             "pairing": "matched", "gold_share": 0, "rating_scale": "binary", "redundancy": 2,
-            "gold_min_accuracy": 0.7, "gold_min_answers": 5, "lease_seconds": 600, "item_order": "closest"}
+            "gold_min_accuracy": 0.7, "gold_min_answers": 5, "lease_seconds": 600, "max_open_leases": 3,
+            "item_order": "closest"}
     assert res_client.post(add_url(Study), form).status_code == 302
     study = Study.objects.get(name="new pairs")
     assert (study.status, study.item_count, study.items.count(), study.created_by.username) == ("draft", 2, 2, "res")
@@ -551,8 +552,8 @@ def test_a_study_change_pauses_a_member_from_its_inline_through_the_service(worl
     members = list(study.memberships.order_by("pk"))
     holder = members[1]
     data = {"name": "pairs renamed", "instructions": "", "question": study.question, "redundancy": 2,
-            "gold_min_accuracy": 0.7, "gold_min_answers": 5, "lease_seconds": 600, "items_per_annotator": "",
-            "item_order": "closest", "completion_code": study.completion_code,
+            "gold_min_accuracy": 0.7, "gold_min_answers": 5, "lease_seconds": 600, "max_open_leases": 3,
+            "items_per_annotator": "", "item_order": "closest", "completion_code": study.completion_code,
             "memberships-TOTAL_FORMS": 2, "memberships-INITIAL_FORMS": 2, "memberships-MIN_NUM_FORMS": 0,
             "memberships-MAX_NUM_FORMS": 1000}
     for i, member in enumerate(members):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 
 def answer(study, user, lease, choice="left", **kw):
-    return judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+    return judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                            client_id=kw.pop("client_id", uuid.uuid4()), choice=choice, **kw)
 
 
@@ -186,14 +186,14 @@ def test_late_submission_is_accepted_while_there_is_room_and_refused_when_full()
     late = assignment_next(study=study, annotator=users[0], now=now)
     expired = now + timedelta(seconds=study.lease_seconds + 5)
     # Room left: the late answer counts.
-    assert judgment_submit(study=study, annotator=users[0], item_public_id=late.item.public_id,
+    assert judgment_submit(study=study, annotator=users[0], item_public_id=late.item.public_id, lease_id=late.pk,
                            client_id=uuid.uuid4(), choice="left", now=expired).created
     # Now fill the item while user 2's lease has expired.
     lease2 = assignment_next(study=study, annotator=users[1], now=now)
     lease3 = assignment_next(study=study, annotator=users[2], now=expired)
     answer(study, users[2], lease3)
     with pytest.raises(ItemUnavailable, match="expired"):
-        judgment_submit(study=study, annotator=users[1], item_public_id=lease2.item.public_id,
+        judgment_submit(study=study, annotator=users[1], item_public_id=lease2.item.public_id, lease_id=lease2.pk,
                         client_id=uuid.uuid4(), choice="left", now=expired)
     assert StudyItem.objects.get().judgment_count == 2 == Judgment.objects.count()
 
@@ -203,15 +203,15 @@ def test_skip_is_an_outcome_not_a_judgment():
     study = open_pairwise(members=[user], prompts=1, per_prompt=2)
     lease = assignment_next(study=study, annotator=user)
     client_id = uuid.uuid4()
-    skip, created = skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+    skip, created = skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                                 client_id=client_id, reason="image_not_loaded")
-    assert created and skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+    assert created and skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                                    client_id=client_id, reason="image_not_loaded") == (skip, False)
     assert Skip.objects.count() == 1 and not Judgment.objects.exists()
     assert StudyItem.objects.get(pk=lease.item_id).judgment_count == 0
     assert assignment_next(study=study, annotator=user).item != lease.item  # not offered again
     with pytest.raises(InvalidAnswer):
-        skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+        skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                     client_id=uuid.uuid4(), reason="bored")
 
 
@@ -236,7 +236,7 @@ def test_undo_takes_back_the_last_skip_then_the_answer_before_it():
     first = assignment_next(study=study, annotator=user)
     answer(study, user, first)
     second = assignment_next(study=study, annotator=user)
-    annotation.skip_submit(study=study, annotator=user, item_public_id=second.item.public_id,
+    annotation.skip_submit(study=study, annotator=user, item_public_id=second.item.public_id, lease_id=second.pk,
                            client_id=uuid.uuid4(), reason="unsure")
     item = StudyItem.objects.get(pk=second.item_id)
     assert (item.taken, StudyMembership.objects.get(annotator=user).skipped_count) == (0, 1)
@@ -257,7 +257,7 @@ def test_a_skip_whose_item_went_to_someone_else_cannot_be_undone():
     user, other = annotators(2)
     study = open_pairwise(members=[user, other], prompts=1, per_prompt=1, redundancy=1)
     lease = assignment_next(study=study, annotator=user)
-    annotation.skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+    annotation.skip_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                            client_id=uuid.uuid4(), reason="unsure")
     taken = assignment_next(study=study, annotator=other)
     assert taken.item_id == lease.item_id
@@ -324,7 +324,7 @@ def test_every_write_keeps_the_slot_count(monkeypatch):
     assert _slots_add_up(study)
     answer(study, users[0], a, choice="right")
     b = assignment_next(study=study, annotator=users[0], now=now)
-    skip_submit(study=study, annotator=users[0], item_public_id=b.item.public_id, client_id=uuid.uuid4(),
+    skip_submit(study=study, annotator=users[0], item_public_id=b.item.public_id, lease_id=b.pk, client_id=uuid.uuid4(),
                 reason="unsure", now=now)
     assert _slots_add_up(study)
     c = assignment_next(study=study, annotator=users[1], now=now)
@@ -332,7 +332,7 @@ def test_every_write_keeps_the_slot_count(monkeypatch):
     assert annotation.queue_sql.leases_release_lapsed(now=later) == 1
     assert _slots_add_up(study)
     # An answer under a released lease takes a free slot again.
-    result = judgment_submit(study=study, annotator=users[1], item_public_id=c.item.public_id,
+    result = judgment_submit(study=study, annotator=users[1], item_public_id=c.item.public_id, lease_id=c.pk,
                              client_id=uuid.uuid4(), choice="tie", now=later)
     assert result.created and _slots_add_up(study)
     assert StudyItem.objects.get(pk=c.item_id).taken == StudyItem.objects.get(pk=c.item_id).judgment_count

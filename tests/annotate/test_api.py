@@ -46,7 +46,7 @@ def test_researcher_creates_opens_staffs_and_exports_a_study(researcher, annotat
     study = Study.objects.get(pk=study_id)
     ann = client_for(annotator)
     item = ann.post(next_url(study), {}, format="json").json()
-    ann.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "left"},
+    ann.post(submit_url(study), {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "left"},
              format="json")
     export = api.get(reverse("api-study-judgments", args=[study_id])).json()
     (row,) = export["results"]
@@ -121,7 +121,7 @@ def test_annotator_cannot_take_anothers_lease_or_see_its_images():
     study = open_pairwise(members=[owner, other], prompts=1, per_prompt=1, redundancy=2)
     item = client_for(owner).post(next_url(study), {}, format="json").json()
     thief = client_for(other)
-    stolen = thief.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()),
+    stolen = thief.post(submit_url(study), {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()),
                                             "choice": "left"}, format="json")
     assert stolen.status_code == 409 and stolen.json()["error"] == "item_unavailable"
     browser = APIClient()
@@ -214,7 +214,7 @@ def test_submission_over_the_api_is_idempotent_and_answers_409_on_conflict():
     study = open_pairwise(members=[user])
     api = client_for(user)
     item = api.post(next_url(study), {}, format="json").json()
-    body = {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "tie", "reason": "both_bad",
+    body = {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "tie", "reason": "both_bad",
             "time_spent_ms": 900}
     first, retry = (api.post(submit_url(study), body, format="json") for _ in range(2))
     assert (first.status_code, retry.status_code) == (201, 200)
@@ -231,7 +231,7 @@ def test_done_returns_the_completion_code():
     study = open_rating(members=[user], prompts=1, per_prompt=1, checkpoints=("only",))
     api = client_for(user)
     item = api.post(next_url(study), {}, format="json").json()
-    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "aligned"},
+    api.post(submit_url(study), {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "aligned"},
              format="json")
     done = api.post(next_url(study), {}, format="json").json()
     assert done == {"done": True, "completion_code": study.completion_code, "reason": "finished",
@@ -243,7 +243,7 @@ def test_a_member_who_finds_every_slot_filled_gets_no_completion_code():
     study = open_rating(members=[worker, late], prompts=1, per_prompt=1, checkpoints=("only",), redundancy=1)
     api = client_for(worker)
     item = api.post(next_url(study), {}, format="json").json()
-    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "aligned"},
+    api.post(submit_url(study), {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "aligned"},
              format="json")
     done = client_for(late).post(next_url(study), {}, format="json").json()
     assert done["done"] and done["completion_code"] == "" and done["reason"] == "no_items_left"
@@ -255,14 +255,14 @@ def test_undo_and_skip_over_the_api():
     study = open_pairwise(members=[user])
     api = client_for(user)
     item = api.post(next_url(study), {}, format="json").json()
-    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": "left"},
+    api.post(submit_url(study), {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": "left"},
              format="json")
     undone = api.post(reverse("api-undo", args=[study.public_id]), {}, format="json")
     assert undone.status_code == 200 and undone.json()["item"] == item["item"]
     assert undone.json()["progress"]["answered"] == 0
     assert api.post(reverse("api-undo", args=[study.public_id]), {}, format="json").status_code == 409
     skipped = api.post(reverse("api-skip", args=[study.public_id]),
-                       {"item": item["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
+                       {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
     assert skipped.status_code == 201
     assert api.get(reverse("api-progress", args=[study.public_id])).json()["skipped"] == 1
 
@@ -271,7 +271,7 @@ def _answer_two_and_hold_a_third(study, user):
     """The member answers an item (their last answer), skips one, and holds a lease on a third."""
     api = client_for(user)
     answered = api.post(next_url(study), {}, format="json").json()
-    body = {"item": answered["item"], "client_id": str(uuid.uuid4()), "choice": "left"}
+    body = {"item": answered["item"], "lease": answered["lease"], "client_id": str(uuid.uuid4()), "choice": "left"}
     assert api.post(submit_url(study), body, format="json").status_code == 201
     held = api.post(next_url(study), {}, format="json").json()
     return api, body, held
@@ -292,8 +292,8 @@ def test_a_closed_study_takes_no_answer_skip_or_undo_but_a_resent_answer_is_reco
     api, stored, held = _answer_two_and_hold_a_third(study, user)
     study_close(study=study)
     before = _writes(study)
-    for name, body in (("api-submit", {"item": held["item"], "client_id": str(uuid.uuid4()), "choice": "right"}),
-                       ("api-skip", {"item": held["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}),
+    for name, body in (("api-submit", {"item": held["item"], "lease": held["lease"], "client_id": str(uuid.uuid4()), "choice": "right"}),
+                       ("api-skip", {"item": held["item"], "lease": held["lease"], "client_id": str(uuid.uuid4()), "reason": "unsure"}),
                        ("api-undo", {})):
         refused = api.post(reverse(name, args=[study.public_id]), body, format="json")
         assert (refused.status_code, refused.json()["error"]) == (409, "study_not_open"), name
@@ -312,7 +312,7 @@ def test_a_paused_member_can_neither_skip_nor_undo():
     membership_pause(membership=StudyMembership.objects.get(study=study, annotator=user), reason="")
     before = _writes(study)
     skip = api.post(reverse("api-skip", args=[study.public_id]),
-                    {"item": held["item"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
+                    {"item": held["item"], "lease": held["lease"], "client_id": str(uuid.uuid4()), "reason": "unsure"}, format="json")
     undo = api.post(reverse("api-undo", args=[study.public_id]), {}, format="json")
     assert [(r.status_code, r.json()["error"]) for r in (skip, undo)] == [(403, "paused"), (403, "paused")]
     assert _writes(study) == before and before[2] == 0  # the pause released the held lease
@@ -334,7 +334,7 @@ def test_a_gold_check_pause_does_not_tell_the_annotator_about_gold_items():
     gold = Study.objects.get(pk=study.pk).items.get(public_id=item["item"]).gold_answer
     assert gold in ("aligned", "not_aligned")
     wrong = "not_aligned" if gold == "aligned" else "aligned"
-    api.post(submit_url(study), {"item": item["item"], "client_id": str(uuid.uuid4()), "choice": wrong},
+    api.post(submit_url(study), {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4()), "choice": wrong},
              format="json")
     membership = StudyMembership.objects.get(study=study, annotator=user)
     assert membership.is_paused and membership.paused_reason.startswith("gold accuracy 0/1")
@@ -368,7 +368,7 @@ def collect_annotator_responses(user, study) -> list[str]:
             fetched = web.get(image["url"])
             assert fetched.status_code == 200
             bodies.append(image["url"] + " " + repr(dict(fetched.headers)))
-        answer = web.post(submit_url(study), {"item": data["item"], "client_id": str(uuid.uuid4()),
+        answer = web.post(submit_url(study), {"item": data["item"], "lease": data["lease"], "client_id": str(uuid.uuid4()),
                                               "choice": "left" if study.kind == "pairwise" else "aligned"},
                           format="json")
         bodies.append(answer.content.decode())
@@ -448,9 +448,15 @@ def test_token_request_reads_user_and_membership_in_one_statement(django_assert_
 
 
 HOT_BODIES = [
-    {"item": str(uuid.uuid4()), "client_id": str(uuid.uuid4()), "choice": "left", "time_spent_ms": 1200},
-    {"item": str(uuid.uuid4()), "client_id": str(uuid.uuid4()), "choice": " tie ", "reason": "both_good",
-     "score": "3", "time_spent_ms": " 12 "},
+    {"item": str(uuid.uuid4()), "lease": 7, "client_id": str(uuid.uuid4()), "choice": "left", "time_spent_ms": 1200},
+    {"item": str(uuid.uuid4()), "lease": " 12 ", "client_id": str(uuid.uuid4()), "choice": " tie ",
+     "reason": "both_good", "score": "3", "time_spent_ms": " 12 "},
+    {"item": str(uuid.uuid4()), "client_id": str(uuid.uuid4()), "choice": "left"},
+    {"item": str(uuid.uuid4()), "lease": None, "client_id": str(uuid.uuid4()), "choice": "left"},
+    {"item": str(uuid.uuid4()), "lease": 0, "client_id": str(uuid.uuid4()), "choice": "left"},
+    {"item": str(uuid.uuid4()), "lease": 2**64, "client_id": str(uuid.uuid4()), "choice": "left"},
+    {"item": str(uuid.uuid4()), "lease": True, "client_id": str(uuid.uuid4()), "choice": "left"},
+    {"item": str(uuid.uuid4()), "lease": "x", "client_id": str(uuid.uuid4()), "choice": "left"},
     {"item": "nope", "client_id": 7, "choice": "", "score": 1.5, "time_spent_ms": -1},
     {"item": None, "choice": None, "reason": None, "score": True, "time_spent_ms": 24 * 3600 * 1000 + 1},
     {"choice": "x" * 17, "reason": "y" * 65, "score": None, "time_spent_ms": None},
@@ -469,9 +475,7 @@ def test_submit_validation_agrees_with_the_documented_serializer(body):
 
     serializer = SubmitApi.Input(data=body)
     data = HotInput(body)
-    values = {"item": data.uuid_field("item"), "client_id": data.uuid_field("client_id"), "choice": data.text("choice", 16),
-              "score": data.integer("score"), "reason": data.text("reason", 64, required=False),
-              "time_spent_ms": data.integer("time_spent_ms", low=0, high=HotInput.MAX_SPENT_MS)}
+    values = SubmitApi.hot_fields(data)
     if serializer.is_valid():
         assert not data.errors and values == dict(serializer.validated_data)
     else:

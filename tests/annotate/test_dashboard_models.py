@@ -287,10 +287,10 @@ def test_the_gallery_takes_labels_from_rating_studies_too(client, researcher):
         while (lease := assignment_next(study=study, annotator=person)) is not None:
             choice = wanted.get((lease.item.image_a_id, k))
             if choice is None:  # not theirs to answer, in whatever order the queue offers it
-                skip_submit(study=study, annotator=person, item_public_id=lease.item.public_id,
+                skip_submit(study=study, annotator=person, item_public_id=lease.item.public_id, lease_id=lease.pk,
                             client_id=uuid.uuid4(), reason="unsure")
                 continue
-            judgment_submit(study=study, annotator=person, item_public_id=lease.item.public_id,
+            judgment_submit(study=study, annotator=person, item_public_id=lease.item.public_id, lease_id=lease.pk,
                             client_id=uuid.uuid4(), choice=choice)
     client.force_login(researcher)
     url = reverse("checkpoint-gallery", args=[checkpoint.id])

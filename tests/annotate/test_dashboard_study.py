@@ -35,7 +35,7 @@ def answer_next(study, user, choose=lambda item, lease: ALIGNED, *, now=None, ti
     if lease is None:
         return None
     item = StudyItem.objects.get(pk=lease.item_id)
-    judgment_submit(study=study, annotator=user, item_public_id=item.public_id, client_id=uuid.uuid4(),
+    judgment_submit(study=study, annotator=user, item_public_id=item.public_id, lease_id=lease.pk, client_id=uuid.uuid4(),
                     choice=choose(item, lease), time_spent_ms=time_ms, now=now)
     return item
 
@@ -165,7 +165,7 @@ def _annotated_study():
     assert len(gold) == 2 and len(plain) == 6
     # E skips one item first and answers nothing.
     lease = assignment_next(study=study, annotator=users["E"])
-    skip_submit(study=study, annotator=users["E"], item_public_id=lease.item.public_id,
+    skip_submit(study=study, annotator=users["E"], item_public_id=lease.item.public_id, lease_id=lease.pk,
                 client_id=uuid.uuid4(), reason="unsure")
     for name in "ABCD":
         def choose(item, lease, name=name):
@@ -224,7 +224,7 @@ def test_answer_codes_in_sql_follow_the_engines_answer_in_item_terms():
         while answer_next(pairs, user, lambda item, lease, k=k: ["left", "right", "tie"][(item.pk + k) % 3]):
             pass
         while (lease := assignment_next(study=likert, annotator=user)) is not None:
-            judgment_submit(study=likert, annotator=user, item_public_id=lease.item.public_id,
+            judgment_submit(study=likert, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                             client_id=uuid.uuid4(), choice="score", score=1 + (lease.item_id + 2 * k) % 5)
     for study in (pairs, likert):
         expected = sorted((j.item_id, j.annotator_id, sel.ANSWER_CODES[canonical_answer(j)])
@@ -436,7 +436,8 @@ def test_skips_by_reason_and_the_items_whose_image_did_not_load_with_missing_fil
     def skip_next(user, reason):
         lease = assignment_next(study=study, annotator=user)
         item = StudyItem.objects.get(pk=lease.item_id)
-        skip_submit(study=study, annotator=user, item_public_id=item.public_id, client_id=uuid.uuid4(), reason=reason)
+        skip_submit(study=study, annotator=user, item_public_id=item.public_id, lease_id=lease.pk, client_id=uuid.uuid4(),
+                    reason=reason)
         return item
 
     client.force_login(researcher)

@@ -34,7 +34,7 @@ def judge(study, users, n: int, choices=("left", "right", "tie"), **kw) -> None:
         for user in users:
             lease = assignment_next(study=study, annotator=user)
             assert lease is not None
-            judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+            judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                             client_id=uuid.uuid4(), choice=choices[made % len(choices)],
                             time_spent_ms=1000 + made, **kw)
             made += 1

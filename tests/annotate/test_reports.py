@@ -21,7 +21,8 @@ def answer_all(study, users, pick):
         while (lease := assignment_next(study=study, annotator=user)) is not None:
             item = lease.item
             choice = pick(item, lease.a_on_left)
-            judgment_submit(study=study, annotator=user, item_public_id=item.public_id, client_id=uuid.uuid4(),
+            judgment_submit(study=study, annotator=user, item_public_id=item.public_id, lease_id=lease.pk,
+                            client_id=uuid.uuid4(),
                             choice=choice, score=4 if choice == "score" else None)
 
 
@@ -217,7 +218,7 @@ def likert_study():
     for user, score_of in ((users[0], lambda name: 5 if name == "alpha-ckpt" else 3),
                            (users[1], lambda name: 4 if name == "alpha-ckpt" else 1)):
         while (lease := assignment_next(study=study, annotator=user)) is not None:
-            judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, client_id=uuid.uuid4(),
+            judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk, client_id=uuid.uuid4(),
                             choice="score", score=score_of(lease.item.image_a.checkpoint.name))
     return study
 

@@ -59,7 +59,7 @@ def test_annotators_racing_through_a_study_never_overfill_an_item():
     def work(i):
         user = users[i]
         while (lease := assignment_next(study=study, annotator=user)) is not None:
-            result = judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id,
+            result = judgment_submit(study=study, annotator=user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                                      client_id=uuid.uuid4(), choice="left")
             assert result.created
             answered[i] += 1

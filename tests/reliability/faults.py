@@ -17,7 +17,7 @@ from django.db.models import Count
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotate.models import Assignment, Judgment, StudyItem, StudyMembership
+from annotate.models import Assignment, Judgment, Skip, StudyItem, StudyMembership
 from webapp.celery import app as celery_app
 
 
@@ -102,9 +102,24 @@ def api_client(user) -> APIClient:
     return client
 
 
+def race(n: int, send) -> Counter:
+    """``send(i)`` from ``n`` threads released at once; the statuses they got."""
+    from tests.integration.test_concurrency import run_threads
+
+    statuses: Counter = Counter()
+
+    def target(i):
+        statuses[send(i)] += 1
+
+    errors = run_threads(n, target)
+    assert not errors, errors
+    return statuses
+
+
 def check_study_consistent(study) -> dict:
-    """The study's counters against its rows: judgments per item and annotator, slots taken
-    (judgments + open leases), one judgment per annotator and item, none over redundancy."""
+    """The study's counters against its rows: judgments per item and annotator, skips and gold
+    answers per annotator, slots taken (judgments + open leases), one judgment per annotator
+    and item, none over redundancy."""
     judgments = Judgment.objects.filter(item__study=study)
     per_item = Counter(judgments.values_list("item_id", flat=True))
     active = Counter(Assignment.objects.filter(item__study=study, state=Assignment.State.ACTIVE)
@@ -114,9 +129,16 @@ def check_study_consistent(study) -> dict:
         assert item.taken == per_item[item.id] + active[item.id], f"item {item.id}: taken"
         assert per_item[item.id] <= study.redundancy, f"item {item.id}: over redundancy"
     per_annotator = Counter(judgments.values_list("annotator_id", flat=True))
+    skips = Counter(Skip.objects.filter(item__study=study).values_list("annotator_id", flat=True))
+    gold = judgments.filter(item__is_gold=True)
+    gold_answered = Counter(gold.values_list("annotator_id", flat=True))
+    gold_correct = Counter(gold.filter(gold_correct=True).values_list("annotator_id", flat=True))
     for membership in StudyMembership.objects.filter(study=study):
-        assert membership.answered_count == per_annotator[membership.annotator_id], \
-            f"annotator {membership.annotator_id}: answered_count"
+        who = membership.annotator_id
+        assert membership.answered_count == per_annotator[who], f"annotator {who}: answered_count"
+        assert membership.skipped_count == skips[who], f"annotator {who}: skipped_count"
+        assert membership.gold_answered == gold_answered[who], f"annotator {who}: gold_answered"
+        assert membership.gold_correct == gold_correct[who], f"annotator {who}: gold_correct"
     assert not judgments.values("item_id", "annotator_id").annotate(n=Count("id")).filter(n__gt=1).exists()
     return {"judgments": sum(per_item.values()), "open_leases": sum(active.values())}
 

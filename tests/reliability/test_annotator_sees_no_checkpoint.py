@@ -160,7 +160,7 @@ def work_through(received: Received, web: APIClient, study: Study, *, label: str
             fetched = web.get(image["url"])
             assert fetched.status_code == 200 and fetched["Content-Type"] == "image/jpeg"
             received.keep(f"{label} image {image['slot']}", fetched, image=True)
-        body = {"item": item["item"], "client_id": str(uuid.uuid4())}
+        body = {"item": item["item"], "lease": item["lease"], "client_id": str(uuid.uuid4())}
         if n == 1:
             received.keep(f"{label} skip", web.post(base + "skip/", {**body, "reason": "unsure"}, format="json"))
         else:

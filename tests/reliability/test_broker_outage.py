@@ -44,7 +44,8 @@ def _annotate(study, users, rounds: int) -> list[str]:
             assert item.status_code == 200, item.content
             client_id = str(uuid.uuid4())
             answer = client.post(reverse("api-submit", args=[study.public_id]),
-                                 {"item": item.json()["item"], "client_id": client_id, "choice": "left"},
+                                 {"item": item.json()["item"], "lease": item.json()["lease"], "client_id": client_id,
+                                  "choice": "left"},
                                  format="json")
             assert answer.status_code == 201, answer.content
             stored.append(client_id)

@@ -38,14 +38,14 @@ def test_an_api_view_that_meets_a_dead_database_answers_503_json_and_drops_the_c
     user, = annotators(1)
     study = open_pairwise(members=[user], prompts=2, per_prompt=1, redundancy=1)
     client = api_client(user)
-    item = client.post(reverse("api-next", args=[study.public_id]), {}, format="json").json()["item"]
+    shown = client.post(reverse("api-next", args=[study.public_id]), {}, format="json").json()
 
     def dead(**kwargs):
         connection.ensure_connection()
         raise TERMINATED
 
     monkeypatch.setattr(annotation, "judgment_submit", dead)
-    body = {"item": item, "client_id": str(uuid.uuid4()), "choice": "left"}
+    body = {"item": shown["item"], "lease": shown["lease"], "client_id": str(uuid.uuid4()), "choice": "left"}
     _assert_unavailable_json(client.post(reverse("api-submit", args=[study.public_id]), body, format="json"))
     assert connection.connection is None  # dropped: the next request opens a new one
     monkeypatch.undo()
@@ -175,7 +175,8 @@ class Annotator(threading.Thread):
                 return
             client_id = str(uuid.uuid4())
             self.uncertain.add(client_id)
-            status, _ = self.post(base + "submit/", {"item": item["item"], "client_id": client_id, "choice": "left"})
+            status, _ = self.post(base + "submit/", {"item": item["item"], "lease": item["lease"], "client_id": client_id,
+                                                     "choice": "left"})
             if status in (200, 201):
                 self.acked.add(client_id)
                 self.uncertain.discard(client_id)

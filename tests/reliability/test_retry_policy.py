@@ -12,9 +12,8 @@ from django.utils import timezone
 from annotate.models import Judgment, StudyItem
 from annotate.services import queue_sql
 from annotate.services.annotation import assignment_next, judgment_submit
-from tests.integration.test_concurrency import run_threads
 from tests.factories import annotators, open_pairwise
-from tests.reliability.faults import api_client, check_study_consistent
+from tests.reliability.faults import api_client, check_study_consistent, race
 
 
 def submit_url(study) -> str:
@@ -33,15 +32,15 @@ def test_a_resent_late_answer_stays_a_repeat_after_the_item_filled_and_its_lease
     lease = assignment_next(study=study, annotator=late_user, now=now)
     expired = now + timedelta(seconds=study.lease_seconds + 5)
     client_id = uuid.uuid4()
-    first = judgment_submit(study=study, annotator=late_user, item_public_id=lease.item.public_id,
+    first = judgment_submit(study=study, annotator=late_user, item_public_id=lease.item.public_id, lease_id=lease.pk,
                             client_id=client_id, choice="left", now=expired)
     assert first.created
     second = assignment_next(study=study, annotator=others[0], now=expired)
-    judgment_submit(study=study, annotator=others[0], item_public_id=second.item.public_id, client_id=uuid.uuid4(),
-                    choice="right", now=expired)
+    judgment_submit(study=study, annotator=others[0], item_public_id=second.item.public_id, lease_id=second.pk,
+                    client_id=uuid.uuid4(), choice="right", now=expired)
     assert assignment_next(study=study, annotator=others[1], now=expired) is None  # full
     queue_sql.leases_release_lapsed(now=expired + timedelta(seconds=study.lease_seconds + 5))
-    again = api_client(late_user).post(submit_url(study), {"item": str(lease.item.public_id),
+    again = api_client(late_user).post(submit_url(study), {"item": str(lease.item.public_id), "lease": lease.pk,
                                                            "client_id": str(client_id), "choice": "tie"},
                                        format="json")
     assert again.status_code == 200 and again.json()["created"] is False and again.json()["progress"]["answered"] == 1
@@ -50,28 +49,16 @@ def test_a_resent_late_answer_stays_a_repeat_after_the_item_filled_and_its_lease
     check_study_consistent(study)
 
 
-def _race(n: int, send) -> Counter:
-    """``send(i)`` from ``n`` threads released at once; the statuses they got."""
-    statuses: Counter = Counter()
-
-    def target(i):
-        statuses[send(i)] += 1
-
-    errors = run_threads(n, target)
-    assert not errors, errors
-    return statuses
-
-
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_simultaneous_copies_of_one_answer_store_it_once():
     """A double click and a retry in flight at once: one 201, the others 200, one judgment."""
     user, = annotators(1)
     study = open_pairwise(members=[user], prompts=3, per_prompt=1, redundancy=1)
-    item = api_client(user).post(reverse("api-next", args=[study.public_id]), {}, format="json").json()["item"]
-    body = {"item": item, "client_id": str(uuid.uuid4()), "choice": "left"}
+    shown = api_client(user).post(reverse("api-next", args=[study.public_id]), {}, format="json").json()
+    body = {"item": shown["item"], "lease": shown["lease"], "client_id": str(uuid.uuid4()), "choice": "left"}
     clients = [api_client(user) for _ in range(8)]
-    statuses = _race(8, lambda i: clients[i].post(submit_url(study), body, format="json").status_code)
+    statuses = race(8, lambda i: clients[i].post(submit_url(study), body, format="json").status_code)
     assert statuses == Counter({201: 1, 200: 7})
     assert Judgment.objects.count() == 1
     check_study_consistent(study)
@@ -83,10 +70,11 @@ def test_simultaneous_different_answers_to_one_item_store_one():
     """Two tabs answering the same item: the first answer stands, the others get 409."""
     user, = annotators(1)
     study = open_pairwise(members=[user], prompts=3, per_prompt=1, redundancy=1)
-    item = api_client(user).post(reverse("api-next", args=[study.public_id]), {}, format="json").json()["item"]
+    shown = api_client(user).post(reverse("api-next", args=[study.public_id]), {}, format="json").json()
     clients = [api_client(user) for _ in range(8)]
-    statuses = _race(8, lambda i: clients[i].post(submit_url(study), {
-        "item": item, "client_id": str(uuid.uuid4()), "choice": ("left", "right")[i % 2]}, format="json").status_code)
+    statuses = race(8, lambda i: clients[i].post(submit_url(study), {
+        "item": shown["item"], "lease": shown["lease"], "client_id": str(uuid.uuid4()),
+        "choice": ("left", "right")[i % 2]}, format="json").status_code)
     assert statuses == Counter({201: 1, 409: 7})
     assert Judgment.objects.count() == 1
     check_study_consistent(study)
