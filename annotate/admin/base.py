@@ -14,7 +14,10 @@ from functools import partial, wraps
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.admin.utils import lookup_field
+from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.core.paginator import Paginator
 from django.db import IntegrityError, connections, transaction
 from django.forms.models import BaseInlineFormSet
@@ -203,6 +206,22 @@ class AuditedAdmin:
 
 # ---------------------------------------------------------------- the base admins
 
+class BoundedChangeList(ChangeList):
+    """A date past the calendar (?created_at__year=99999999999) is a bad filter, the admin's ?e=1
+    page, as a malformed date already is: Django let its OverflowError be a 500, from the date
+    drill-down or when the query's SQL was made (so that is made here, once)."""
+
+    def get_queryset(self, request, exclude_parameters=None):
+        try:
+            queryset = super().get_queryset(request, exclude_parameters)
+            queryset.query.get_compiler(queryset.db).as_sql()
+        except OverflowError as exc:
+            raise IncorrectLookupParameters(exc) from exc
+        except (EmptyResultSet, FullResultSet):  # nothing to match, or everything: fine SQL-wise
+            pass
+        return queryset
+
+
 class ResearcherAdmin(AuditedAdmin, ResearcherPermissions, admin.ModelAdmin):
     """What every admin here shares: researcher permissions, the CSV export, read-only fields
     once an object exists (``readonly_on_change``, or ``"__all__"``)."""
@@ -210,6 +229,9 @@ class ResearcherAdmin(AuditedAdmin, ResearcherPermissions, admin.ModelAdmin):
     actions = ["export_csv"]
     list_per_page = PAGE
     readonly_on_change: tuple[str, ...] | str = ()
+
+    def get_changelist(self, request, **kwargs):
+        return BoundedChangeList
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))

@@ -8,6 +8,7 @@ import random
 import re
 import resource
 import struct
+import uuid
 import zlib
 from pathlib import Path
 
@@ -523,6 +524,39 @@ def test_a_nul_in_a_json_string_is_a_400_naming_where_it_is(researcher):
     assert not Checkpoint.objects.exists()
 
 
+LONE_SURROGATES = [  # a value a response cannot encode once an error message echoes it
+    ("api-checkpoints", '{"name": "s", "backend": "\\ud800"}', "'backend' holds a lone surrogate (\\ud800)"),
+    ("api-checkpoints", '{"name": "s", "backend": "procedural", "config": {"\\udfff": 1}}',
+     "'config.\\\\udfff' holds a lone surrogate (\\udfff)"),
+    ("api-studies", '{"name": "s", "kind": "\\ud800x", "dataset": 1}', "'kind' holds a lone surrogate"),
+    ("api-checkpoints", '{"name": "s", "backend": "procedural", "config": {"x": 1e999}}', "1e999 is too large"),
+    ("api-checkpoints", '{"name": "s", "backend": "procedural", "config": {"x": -1e999}}', "-1e999 is too large"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "said"), LONE_SURROGATES)
+def test_lone_surrogates_and_infinite_numbers_in_json_are_a_400_naming_where(route, body, said, researcher):
+    """Were 500s: DRF echoed the value in its error and the renderer could not encode it; SQLite
+    stored a config with one, after which the checkpoint list answered 500 for good."""
+    response = client_for(researcher).post(reverse(route), body, content_type="application/json")
+    assert response.status_code == 400 and said in response.json()["detail"], response.content
+    assert not Checkpoint.objects.exists()
+    assert client_for(researcher).get(reverse("api-checkpoints")).status_code == 200
+
+
+def test_an_annotators_skip_with_a_lone_surrogate_is_a_400():
+    from tests.factories import annotators, open_pairwise
+
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=2, per_prompt=1)
+    api = client_for(user)
+    shown = api.post(reverse("api-next", args=[study.public_id]), {}, format="json").json()
+    body = ('{"item": "%s", "lease": %d, "client_id": "%s", "reason": "\\ud800"}'
+            % (shown["item"], shown["lease"], uuid.uuid4()))
+    response = api.post(reverse("api-skip", args=[study.public_id]), body, content_type="application/json")
+    assert response.status_code == 400 and "lone surrogate" in response.json()["detail"]
+
+
 @pytest.mark.parametrize(("text", "depth"), [
     ('{"a": [1, {"b": []}]}', 4),
     ('{"a": "[[[[{{{{", "b\\"[[": ["]]]"]}', 2),  # brackets inside strings, and an escaped quote
@@ -579,3 +613,21 @@ def test_an_audit_actor_that_is_not_a_user_id_is_the_admins_bad_filter_page(rese
         response = client.get(url, {"actor": actor})
         assert response.status_code == 302 and response["Location"].endswith("?e=1")
     assert client.get(url, {"actor": str(researcher.pk)}).status_code == 200
+    for changelist in ("annotate_auditevent_changelist", "annotate_study_changelist", "annotate_judgment_changelist"):
+        response = client.get(reverse(f"admin:{changelist}"), {"created_at__year": "99999999999"})
+        assert response.status_code == 302 and response["Location"].endswith("?e=1")  # was an OverflowError
+
+
+@pytest.mark.parametrize(("charset", "status"), [("rot13", 400), ("base64", 400), ("zlib", 400), ("idna", 400),
+                                                 ("utf-8", 405), ("latin-1", 405)])
+def test_a_charset_that_is_no_text_encoding_is_a_400_before_django_reads_the_request(charset, status):
+    """Django's request raised on these (LookupError: 'rot13' is not a text encoding) before any
+    middleware or error page, on every route: a bare 500 from the server."""
+    from webapp.wsgi import application
+
+    answered = {}
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/token/", "QUERY_STRING": "a=b", "SERVER_NAME": "testserver",
+               "SERVER_PORT": "80", "HTTP_HOST": "testserver", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(b""), "CONTENT_TYPE": f"text/plain; charset={charset}"}
+    b"".join(application(environ, lambda code, headers, exc_info=None: answered.update(code=code)))
+    assert answered["code"].startswith(str(status))
