@@ -152,10 +152,9 @@ def assignment_next(*, study: Study, annotator, exclude: list[uuid.UUID] = (), n
     passed_over: list[int] = []
     released = False
     with transaction.atomic():
+        queue_sql.next_requests_serialise(membership_id=membership.pk)
         new, in_hand = True, 0
         if study.items_per_annotator is not None or exclude:
-            if exclude:  # one annotator's preloads are counted one after another, so the cap holds
-                queue_sql.membership_lock(membership_id=membership.pk)
             in_hand = queue_sql.open_lease_count(study=study, annotator=annotator)
             # Only answers fill the quota: a skip is no work done, and must not earn a completion code.
             if study.items_per_annotator is not None:
@@ -328,7 +327,10 @@ def _repeat(annotator, client_id, item_public_id, membership: StudyMembership) -
 
 
 def _repeat_skip(annotator, client_id, item_public_id, membership) -> Skip | None:
-    return Skip.objects.filter(annotator=annotator, client_id=client_id).first()
+    existing = Skip.objects.filter(annotator=annotator, client_id=client_id).select_related("item").first()
+    if existing is not None and str(existing.item.public_id) != str(item_public_id):
+        raise InvalidAnswer("this client_id was already used for another item")
+    return existing
 
 
 def skip_submit(*, study: Study, annotator, item_public_id, lease_id: int, client_id: uuid.UUID, reason: str,

@@ -281,19 +281,24 @@ def lease_held_or_new(*, study, annotator, now: datetime, expires_at: datetime, 
     item = _item(*row[4:9])
     if row[0] is not None:  # held
         lease = _lease(row[0], item, annotator, row[1], row[2], row[3])
-        if lease.expires_at <= now:
-            lease_renew(lease=lease, now=now, expires_at=expires_at)
+        if lease.expires_at <= now and not lease_renew(lease=lease, now=now, expires_at=expires_at):
+            return None, item.id  # released or answered since it was read: not held any more
         return lease, None
     if new_lease_id is None:
         return None, item.id
     return _lease(new_lease_id, item, annotator, a_on_left, now, expires_at), None
 
 
-def lease_renew(*, lease: Assignment, now: datetime, expires_at: datetime) -> None:
+def lease_renew(*, lease: Assignment, now: datetime, expires_at: datetime) -> bool:
+    """Whether the lease, still unsettled, was renewed (a release or an answer may have come
+    between reading it and this)."""
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {LEASE} SET leased_at = %s, expires_at = %s WHERE id = %s AND state = 'active'",
                        [_dt(now), _dt(expires_at), lease.id])
+        if cursor.rowcount != 1:
+            return False
     lease.leased_at, lease.expires_at = now, expires_at
+    return True
 
 
 def leases_release_lapsed(*, now: datetime, study_id: int | None = None, limit: int = 1000) -> int:
@@ -341,6 +346,19 @@ def membership_lock(*, membership_id: int) -> bool:
     before: one order, no deadlock), so their concurrent requests settle one after another."""
     lock = " FOR UPDATE" if takes_locks() else ""
     return bool(_fetchone(f"SELECT is_paused FROM {MEMBERSHIP} WHERE id = %s{lock}", [membership_id])[0])
+
+
+# The first key of the advisory locks that serialise one annotator's next-item requests.
+_NEXT_LOCK_CLASS = 0x4E58  # "NX"
+
+
+def next_requests_serialise(*, membership_id: int) -> None:
+    """Until the transaction ends, this annotator's other next-item requests in the study wait:
+    each then sees the leases the one before it made (its held lease comes back instead of a new
+    one), so a cap on open leases holds however many requests race. An advisory lock, not the
+    membership's row, which answers lock after items: the two never wait on each other."""
+    if connection.vendor == "postgresql":
+        _fetchone("SELECT pg_advisory_xact_lock(%s, %s)", [_NEXT_LOCK_CLASS, membership_id])
 
 
 def item_lock(*, item_id: int) -> None:

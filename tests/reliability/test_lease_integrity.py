@@ -180,15 +180,23 @@ def test_preloading_stops_at_the_studys_cap_on_open_leases():
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_parallel_preloads_never_pass_the_cap():
+@pytest.mark.parametrize("preload", [True, False])
+def test_parallel_next_requests_never_pass_the_cap(preload):
+    """Preloads (with exclude) stop at the cap; plain requests with no lease held yet all get
+    the one the first of them made (16 racing requests once held 12 leases)."""
     (user,) = annotators(1)
-    study = open_pairwise(members=[user], prompts=30, per_prompt=1, redundancy=1)
-    first = next_item(api_client(user), study).json()["item"]
-    clients = [api_client(user) for _ in range(12)]
-    statuses = race(12, lambda i: next_item(clients[i], study, exclude=[first, str(uuid.uuid4())]).status_code)
-    assert set(statuses) <= {200, 409}
-    assert Assignment.objects.filter(annotator=user, state="active").count() <= study.max_open_leases
-    check_study_consistent(study)
+    clients = [api_client(user) for _ in range(16)]
+    for _round in range(6):
+        study = open_pairwise(members=[user], prompts=40, per_prompt=1, redundancy=1)
+        exclude = [next_item(clients[0], study).json()["item"]] if preload else []
+        statuses = race(16, lambda i: next_item(clients[i], study, exclude=[*exclude, str(uuid.uuid4())]
+                                                if preload else []).status_code)
+        held = Assignment.objects.filter(annotator=user, state="active", item__study=study).count()
+        if preload:
+            assert set(statuses) <= {200, 409} and held <= study.max_open_leases, (statuses, held)
+        else:
+            assert statuses == Counter({200: 16}) and held == 1, (statuses, held)
+        check_study_consistent(study)
 
 
 def test_only_answers_fill_the_quota_and_earn_the_code():
@@ -258,3 +266,55 @@ def test_the_cap_on_open_leases_is_a_setting_of_the_api_with_bounds(researcher):
         == {"max_open_leases"}
     created = api.post(reverse("api-studies"), {**body, "max_open_leases": 1}, format="json")
     assert created.status_code == 201 and created.json()["max_open_leases"] == 1
+
+
+def test_a_crowd_link_needs_a_quota_of_answers(researcher):
+    """Without one, a crowd worker who skipped every item but one had 'finished' and got a code."""
+    from tests.factories import make_images
+
+    dataset, checkpoints = make_images(prompts=2, per_prompt=1)
+    api = api_client(researcher)
+    body = {"name": "crowd", "kind": "pairwise", "dataset": dataset.id, "checkpoints": [c.id for c in checkpoints],
+            "crowd_link": True}
+    refused = api.post(reverse("api-studies"), body, format="json")
+    assert refused.status_code == 400 and "items_per_annotator" in refused.content.decode()
+    assert api.post(reverse("api-studies"), {**body, "items_per_annotator": 5}, format="json").status_code == 201
+
+
+def test_a_held_lease_released_before_its_renewal_is_not_handed_back_as_renewed(monkeypatch):
+    """A reload's next/ read a lapsed held lease, the release sweep took it back before the
+    renewal: the page got a lease that held no slot, with an expiry that was never stored."""
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=3, per_prompt=1, redundancy=1)
+    api = api_client(user)
+    first = next_item(api, study).json()
+    now = timezone.now()
+    Assignment.objects.filter(pk=first["lease"]).update(leased_at=now - timedelta(seconds=30),
+                                                        expires_at=now - timedelta(seconds=1))
+    renew = queue_sql.lease_renew
+
+    def released_first(**kwargs):
+        queue_sql.leases_release_lapsed(now=timezone.now())  # the sweep wins the race
+        return renew(**kwargs)
+
+    monkeypatch.setattr(queue_sql, "lease_renew", released_first)
+    shown = next_item(api, study).json()
+    lease = Assignment.objects.get(pk=shown["lease"])
+    assert lease.state == Assignment.State.ACTIVE and lease.expires_at > timezone.now()
+    assert Assignment.objects.get(pk=first["lease"]).state == Assignment.State.EXPIRED
+    check_study_consistent(study)
+
+
+def test_a_skips_client_id_names_one_item_only():
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=3, per_prompt=1, redundancy=1)
+    api = api_client(user)
+    first = next_item(api, study).json()
+    body = {"item": first["item"], "lease": first["lease"], "client_id": str(uuid.uuid4()), "reason": "unsure"}
+    assert api.post(reverse("api-skip", args=[study.public_id]), body, format="json").status_code == 201
+    second = next_item(api, study).json()
+    reused = api.post(reverse("api-skip", args=[study.public_id]),
+                      {**body, "item": second["item"], "lease": second["lease"]}, format="json")
+    assert reused.status_code == 400 and "already used for another item" in reused.json()["detail"]
+    assert Assignment.objects.get(pk=second["lease"]).state == Assignment.State.ACTIVE
+    check_study_consistent(study)
