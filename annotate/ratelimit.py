@@ -7,6 +7,7 @@ while so that each request does not wait for it again. A Redis outage must not s
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import time
 
@@ -67,6 +68,15 @@ def rate_counts(keys: list[str]) -> dict[str, int]:
         return {}
 
 
+def rate_subject(address: str | None) -> str | None:
+    """Who a per-address limit counts: the address, or for IPv6 its /64, which one host or one
+    home network usually holds whole (counting single addresses, it could rotate through 2^64)."""
+    if not address:
+        return None
+    ip = ipaddress.ip_address(address)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+
 # ---- sign-in: recorded, and refused after too many failures ------------------------------
 
 def _sign_in_keys(request, username: str) -> dict[str, tuple[int, int]]:
@@ -77,7 +87,7 @@ def _sign_in_keys(request, username: str) -> dict[str, tuple[int, int]]:
     window = int(time.time() // period)
     # Hashed: what was typed as a username can hold any character, and cache keys may not.
     name = hashlib.sha256(username.casefold().encode()).hexdigest()[:32]
-    ip = client_ip(request) if request is not None else None
+    ip = rate_subject(client_ip(request)) if request is not None else None
     keys = {f"signin:pair:{name}:{ip or '-'}:{window}": settings.CALIBRA_SIGN_IN_FAILURES_PER_USERNAME_AND_IP}
     if ip:
         keys[f"signin:ip:{ip}:{window}"] = settings.CALIBRA_SIGN_IN_FAILURES_PER_IP

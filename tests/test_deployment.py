@@ -63,6 +63,28 @@ def test_only_loopback_ports_are_published_and_the_web_service_checks_its_health
     assert "http://127.0.0.1:8000/healthz" in check
 
 
+def _default(value: str) -> str:
+    """The default of a ${NAME:-default} value, with nested ${NAME:-default}s resolved."""
+    import re
+
+    while (inner := re.search(r"\$\{[A-Z_]+:-([^${}]*)\}", value)) is not None:
+        value = value[:inner.start()] + inner.group(1) + value[inner.end():]
+    return value
+
+
+def test_only_the_compose_networks_gateway_and_loopback_are_trusted_proxies():
+    """Whole private ranges once stood here: a client on the LAN, whose address the host's
+    proxy appends, was then skipped for whatever address it had written itself."""
+    import ipaddress
+
+    listed = _default(compose()["x-app"]["environment"]["TRUSTED_PROXIES"])
+    trusted = [ipaddress.ip_network(address) for address in listed.split(",")]
+    network = compose()["networks"]["default"]["ipam"]["config"][0]
+    gateway, subnet = ipaddress.ip_address(_default(network["gateway"])), ipaddress.ip_network(_default(network["subnet"]))
+    assert all(net.num_addresses == 1 for net in trusted)
+    assert gateway in subnet and ipaddress.ip_network(gateway) in trusted
+
+
 def test_gpu_worker_reserves_an_nvidia_device():
     devices = compose()["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "device_ids": ["${GPU_DEVICE:-0}"], "capabilities": ["gpu"]}]

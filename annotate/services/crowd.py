@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 import time
@@ -22,7 +21,7 @@ from django.db import transaction
 
 from annotate.audit import audit
 from annotate.models import Study, StudyMembership
-from annotate.ratelimit import rate_count
+from annotate.ratelimit import rate_count, rate_subject
 from annotate.roles import ANNOTATORS
 from annotate.services.studies import StudyError
 
@@ -67,7 +66,8 @@ def crowd_link_param(name: str, value: str, *, required: bool = False) -> str:
 
 
 def crowd_username(study: Study, worker_id: str) -> str:
-    return f"crowd-{study.public_id.hex[:8]}-{worker_id}"
+    # One worker, one account, however the id's letters are cased (Prolific's are lower-case hex).
+    return f"crowd-{study.public_id.hex[:8]}-{worker_id.lower()}"
 
 
 def crowd_browser_secret(cookie: str | None) -> str:
@@ -93,10 +93,7 @@ def _new_accounts_over_limit(*, study: Study, address: str | None, now: float) -
     period = settings.CALIBRA_CROWD_JOIN_WINDOW_S
     window = int(now // period)
     limits = []
-    if address:
-        ip = ipaddress.ip_address(address)
-        # An IPv6 host usually holds a whole /64: counted as one address.
-        source = ipaddress.ip_network(f"{ip}/64", strict=False) if ip.version == 6 else ip
+    if source := rate_subject(address):
         limits.append(("address", f"crowd:ip:{source}:{window}", settings.CALIBRA_CROWD_JOINS_PER_IP))
     # The address first, and the link counted only within it: one address cannot use up the link.
     limits.append(("link", f"crowd:link:{study.public_id.hex}:{window}",

@@ -62,12 +62,20 @@ SETTING_BOUNDS = {"redundancy": (1, 100), "gold_share": (0.0, 1.0), "gold_min_ac
                   "items_per_annotator": (1, 2**31 - 1), "max_open_leases": (1, 20)}
 
 
+# A crowd worker's completion code pays for a quota of answers; without one, a worker who
+# skipped every item but one would have finished.
+CROWD_LINK_NEEDS_QUOTA = ("items_per_annotator: a study with a crowd link needs the number of items each "
+                          "worker answers (the work their completion code pays for)")
+
+
 def study_settings_check(fields: dict) -> None:
     """StudyError naming the first setting out of its bounds (None is "no limit" where allowed)."""
     for name, (low, high) in SETTING_BOUNDS.items():
         value = fields.get(name)
         if value is not None and not low <= value <= high:
             raise StudyError(f"{name}: must be from {low:g} to {high:g}, not {value}")
+    if fields.get("crowd_link") and fields.get("items_per_annotator") is None:
+        raise StudyError(CROWD_LINK_NEEDS_QUOTA)
 
 
 def _study_fields(kind: str, fields: dict) -> dict:
@@ -286,6 +294,8 @@ def study_add_members(*, study: Study, usernames: list[str]) -> list[StudyMember
 @transaction.atomic
 def study_crowd_link_set(*, study: Study, enabled: bool) -> Study:
     """Let crowd workers join by the study's link, or stop them (those who joined stay members)."""
+    if enabled and study.items_per_annotator is None:
+        raise StudyError(CROWD_LINK_NEEDS_QUOTA)
     study.crowd_link = bool(enabled)
     study.save(update_fields=["crowd_link"])
     audit(None, "study.crowd_link", study, enabled=study.crowd_link)

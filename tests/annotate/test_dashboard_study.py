@@ -493,6 +493,9 @@ def test_the_crowd_link_is_turned_on_and_off_from_the_study_page(client, researc
     html = page(client, study).content.decode()
     assert "Crowd link off" in html and "PROLIFIC_PID" not in html
     on = reverse("study-crowd-link-on", args=[study.pk])
+    refused = client.post(on)  # no quota yet: a completion code would pay for nothing in particular
+    assert refused.status_code == 400 and "needs the number of items each worker answers" in refused.content.decode()
+    Study.objects.filter(pk=study.pk).update(items_per_annotator=2)
     assert client.post(on).status_code == 302
     study.refresh_from_db()
     html = page(client, study).content.decode()

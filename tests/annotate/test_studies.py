@@ -118,6 +118,9 @@ def test_crowd_worker_gets_an_account_limited_to_the_study():
     study = study_open(study=study_create_pairwise(name="s", dataset=dataset, checkpoints=checkpoints))
     with pytest.raises(StudyError, match="invited annotators only"):  # the link is off by default
         crowd_worker_join(study=study, worker_id="5f1a2b3c", browser_secret="b")
+    with pytest.raises(StudyError, match="needs the number of items each worker answers"):
+        study_crowd_link_set(study=study, enabled=True)  # a completion code pays for a quota of answers
+    study.items_per_annotator = 1
     study_crowd_link_set(study=study, enabled=True)
     user = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-1", browser_secret="b")
     again = crowd_worker_join(study=study, worker_id="5f1a2b3c", session_id="sess-2", browser_secret="b")

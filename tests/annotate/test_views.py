@@ -70,8 +70,8 @@ def test_crowd_link_signs_the_worker_in_to_that_study_only(client):
     from tests.factories import annotators, open_pairwise
 
     (other_member,) = annotators(1, prefix="m")
-    study = open_pairwise(members=[other_member], crowd_link=True)
-    second = open_pairwise(members=[other_member], crowd_link=True)
+    study = open_pairwise(members=[other_member], crowd_link=True, items_per_annotator=2)
+    second = open_pairwise(members=[other_member], crowd_link=True, items_per_annotator=2)
     url = reverse("crowd-start", args=[study.public_id])
     response = client.get(url, {"PROLIFIC_PID": "60a7f0c1e2", "STUDY_ID": "abc", "SESSION_ID": "s1"})
     assert response.status_code == 302
@@ -88,7 +88,7 @@ def test_crowd_link_without_worker_id_or_for_a_closed_study_is_refused(client):
     from annotate.services.studies import study_close
     from tests.factories import open_pairwise
 
-    study = open_pairwise(crowd_link=True)
+    study = open_pairwise(crowd_link=True, items_per_annotator=2)
     url = reverse("crowd-start", args=[study.public_id])
     assert client.get(url).status_code == 400
     study_close(study=study)
@@ -112,7 +112,7 @@ def test_a_crowd_link_followed_while_signed_in_never_switches_the_account(client
     """A link from another site (GET) must not sign a researcher out and in as a crowd worker."""
     from tests.factories import open_pairwise
 
-    study = open_pairwise(crowd_link=True)
+    study = open_pairwise(crowd_link=True, items_per_annotator=2)
     client.force_login(researcher)
     response = client.get(reverse("crowd-start", args=[study.public_id]), {"PROLIFIC_PID": "forged"})
     assert response.status_code == 409 and "Sign out first" in response.content.decode()

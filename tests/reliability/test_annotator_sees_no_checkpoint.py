@@ -231,6 +231,7 @@ def collect(world) -> Received:
     # Signed out: the login page; and a crowd worker arriving by the study's link.
     anonymous = Client()
     received.keep("login page", anonymous.get(reverse("login")))
+    pairwise.items_per_annotator = 2
     study_crowd_link_set(study=pairwise, enabled=True)
     crowd = anonymous.get(reverse("crowd-start", args=[pairwise.public_id]), {"PROLIFIC_PID": "worker-77"}, follow=True)
     assert crowd.status_code == 200

@@ -24,7 +24,7 @@ PID = "60a7f0c1e2b3d4a5f6e7d8c9"  # Prolific's format: 24 hex characters
 
 @pytest.fixture
 def study():
-    return open_pairwise(crowd_link=True, prompts=3, per_prompt=1)
+    return open_pairwise(crowd_link=True, items_per_annotator=2, prompts=3, per_prompt=1)
 
 
 def link(study) -> str:
@@ -170,3 +170,12 @@ def test_the_researcher_lets_a_worker_in_from_another_browser(study, client, res
     assert join(new_device, study).status_code == 302  # the next browser takes the account over
     sign_out(old_device)
     assert join(old_device, study).status_code == 403
+
+
+def test_one_worker_id_in_another_letter_case_is_the_same_worker(study):
+    """Was a second account with a second completion code."""
+    browser = Client()
+    assert join(browser, study).status_code == 302
+    assert join(Client(), study, worker_id=PID.upper(), address="203.0.113.9").status_code == 403
+    assert join(browser, study, worker_id=PID.upper()).status_code == 302  # the same browser: the same account
+    assert StudyMembership.objects.filter(study=study).count() == 1

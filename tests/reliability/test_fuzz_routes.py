@@ -41,6 +41,7 @@ def test_the_query_parameters_are_found():
 @pytest.fixture
 def urls(world, annotator) -> dict[str, str]:
     study, ids = world
+    study.items_per_annotator = 2
     study_crowd_link_set(study=study, enabled=True)  # the crowd link stores what its query holds
     annotating = {**ids, "study_id": study.public_id, "item_id": study.items.first().public_id, "slot": "left"}
     return {name: url_of(name, pattern, annotating if name in ANNOTATORS | {"crowd-start"} else ids)

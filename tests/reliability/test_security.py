@@ -396,6 +396,18 @@ def test_an_attacker_failing_a_thousand_times_elsewhere_does_not_lock_the_owner_
     assert sign_in(owner, "res", "res-pass-123", ip="10.0.0.1").status_code == 302 and signed_in(owner)
 
 
+def test_rotating_through_one_ipv6_hosts_addresses_escapes_no_limit(researcher, one_sign_in_window):
+    """An IPv6 host holds a /64: 200 failures from as many of its addresses once left the
+    right password working; they count as one address."""
+    attacker = Client()
+    for n in range(10):
+        sign_in(attacker, "res", "wrong", ip=f"2001:db8:1:2::{n + 1:x}")
+    assert sign_in(attacker, "res", "res-pass-123", ip="2001:db8:1:2::ffff").status_code == 200
+    assert not signed_in(attacker)
+    owner = Client()  # the owner, on another network
+    assert sign_in(owner, "res", "res-pass-123", ip="2001:db8:1:3::1").status_code == 302 and signed_in(owner)
+
+
 def test_many_failures_from_one_address_lock_that_address(researcher, one_sign_in_window):
     client = Client()
     for n in range(30):
