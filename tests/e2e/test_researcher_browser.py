@@ -59,6 +59,8 @@ def test_a_researcher_makes_a_study_an_annotator_answers_and_the_report_comes_do
         expect(work.locator("#task")).to_be_visible(timeout=TIMEOUT_MS)
         study = Study.objects.get(name=NAME)
         for k, key in enumerate(["1", "2", "0"], start=1):
+            # An item takes answers once its images are shown.
+            expect(work.locator("#task .images")).to_have_attribute("aria-busy", "false", timeout=TIMEOUT_MS)
             src = work.locator("#img-left").get_attribute("src")
             work.keyboard.press(key)
             expect(work.locator("#progress-text")).to_have_text(re.compile(rf"^{k} of "), timeout=TIMEOUT_MS)
