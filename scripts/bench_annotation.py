@@ -399,7 +399,7 @@ async def annotator(run: Run, host: str, port: int, token: str, study: str, paus
                 run.done += 1
                 return
             client_id = str(uuid.uuid4())
-            payload = json.dumps({"item": data["item"], "lease": data["lease"], "client_id": client_id,
+            payload = json.dumps({"item": data["item"], "lease": data.get("lease"), "client_id": client_id,
                                   "choice": rng.choice(("left", "right", "tie")),
                                   "time_spent_ms": rng.randint(800, 4000)}).encode()
             t1 = time.perf_counter()
