@@ -611,6 +611,9 @@ class Assignment(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     # Pairwise: whether image_a is shown on the left, drawn when the lease is made.
     a_on_left = models.BooleanField(null=True, blank=True)
+    # The client id of the answer last taken back (undo) under this lease: a late resend of it,
+    # from another tab whose response was lost, must not bring it back.
+    taken_back_client_id = models.UUIDField(null=True, blank=True)
     leased_at = models.DateTimeField()
     expires_at = models.DateTimeField()
 

@@ -75,6 +75,11 @@ class TooManyLeases(AnnotationError):
     status, code = 409, "too_many_leases"
 
 
+class AnswerTakenBack(AnnotationError):
+    """A resend of an answer that its annotator took back since (undo, perhaps in another tab)."""
+    status, code = 409, "answer_taken_back"
+
+
 PAIRWISE_CHOICES = {"left", "right", "tie"}
 TIE_REASONS = {"", "both_good", "both_bad"}
 
@@ -233,6 +238,9 @@ def _lease_for_answer(study: Study, annotator, item_public_id, lease_id, client_
                            "that answer was not stored: answer the item as it is shown now")
     if lease.state in (Assignment.State.ANSWERED, Assignment.State.SKIPPED):
         _raise_not_leased(item, annotator)
+    if lease.taken_back_client_id == client_id:
+        raise AnswerTakenBack("this answer was taken back (undo) since it was first sent, so it is not stored "
+                              "again: answer the item anew")
     return item, lease, None
 
 
@@ -397,8 +405,8 @@ def judgment_undo(*, study: Study, annotator, now: datetime | None = None) -> As
                 raise ItemUnavailable("the lease of your last answer has expired; it can no longer be undone")
             if isinstance(last, Skip):
                 return _skip_undo(study, membership, last, lease)
-            queue_sql.answer_take_back(judgment_id=last.pk, item_id=last.item_id, lease_id=lease.pk,
-                                       membership_id=membership.pk, gold=last.item.is_gold,
+            queue_sql.answer_take_back(judgment_id=last.pk, client_id=last.client_id, item_id=last.item_id,
+                                       lease_id=lease.pk, membership_id=membership.pk, gold=last.item.is_gold,
                                        correct=bool(last.gold_correct))
             lease.refresh_from_db()
             lease.item = last.item
@@ -413,7 +421,8 @@ def _skip_undo(study: Study, membership: StudyMembership, skipped: Skip, lease: 
     StudyItem.objects.filter(pk=item.pk).update(taken=F("taken") + 1)
     StudyMembership.objects.filter(pk=membership.pk).update(skipped_count=F("skipped_count") - 1)
     skipped.delete()
-    Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.ACTIVE)
+    Assignment.objects.filter(pk=lease.pk).update(state=Assignment.State.ACTIVE,
+                                                  taken_back_client_id=skipped.client_id)
     lease.refresh_from_db()
     lease.item = skipped.item
     return lease

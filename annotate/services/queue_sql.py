@@ -381,6 +381,7 @@ class AnswerLease:
     a_on_left: bool | None
     state: str
     latest: bool  # no later lease of the annotator's on the item: the display it made is current
+    taken_back_client_id: uuid.UUID | None
 
     @property
     def unsettled(self) -> bool:
@@ -405,10 +406,13 @@ def item_lock_with_lease(*, study, item_public_id, annotator, lease_id) -> tuple
     item = LockedItem(row[0], row[1], row[2], bool(row[3]), row[4])
     lease = _fetchone(
         f"SELECT id, a_on_left, state, NOT EXISTS (SELECT 1 FROM {LEASE} n WHERE n.item_id = a.item_id"
-        f" AND n.annotator_id = a.annotator_id AND n.id > a.id) FROM {LEASE} a"
+        f" AND n.annotator_id = a.annotator_id AND n.id > a.id), taken_back_client_id FROM {LEASE} a"
         f" WHERE a.id = %s AND a.item_id = %s AND a.annotator_id = %s",
         [lease_id, item.id, annotator.pk]) if isinstance(lease_id, int) else None
-    return item, (None if lease is None else AnswerLease(lease[0], _bool_out(lease[1]), lease[2], bool(lease[3])))
+    if lease is None:
+        return item, None
+    taken_back = None if lease[4] is None else _uuid_out(lease[4])
+    return item, AnswerLease(lease[0], _bool_out(lease[1]), lease[2], bool(lease[3]), taken_back)
 
 
 def judgment_insert(*, item_id: int, annotator, assignment_id: int, client_id, choice: str, score, reason: str,
@@ -496,6 +500,7 @@ def answer_in_one_statement(*, study, item_public_id, lease_id: int, annotator, 
         f"  ELSE 'b' END) ELSE %(answer)s END) = i.gold_answer END AS correct"
         f"  FROM {ITEM} i JOIN {LEASE} a ON a.item_id = i.id AND a.id = %(lease)s"
         f"  AND a.annotator_id = %(annotator)s AND a.state = 'active'"
+        f"  AND a.taken_back_client_id IS DISTINCT FROM %(client)s"
         f"  WHERE i.study_id = %(study)s AND i.public_id = %(item)s FOR UPDATE OF i, a),"
         f" ins AS (INSERT INTO {JUDGMENT} (item_id, annotator_id, assignment_id, client_id, created_at, choice,"
         f"  score, reason, a_on_left, time_spent_ms, gold_correct, is_flagged, flag_reason)"
@@ -516,10 +521,11 @@ def answer_in_one_statement(*, study, item_public_id, lease_id: int, annotator, 
     return None if row is None else (row[0], row[1], row[2], bool(row[3]))
 
 
-def answer_take_back(*, judgment_id: int, item_id: int, lease_id: int, membership_id: int,
+def answer_take_back(*, judgment_id: int, client_id, item_id: int, lease_id: int, membership_id: int,
                      gold: bool, correct: bool) -> bool:
     """Delete a judgment and undo its counts (its gold grade included, the same work for any
-    item), its lease open again; False when it was gone already."""
+    item), its lease open again and remembering the answer's client id; False when it was gone
+    already."""
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {JUDGMENT} WHERE id = %s", [judgment_id])
         if cursor.rowcount != 1:
@@ -528,7 +534,8 @@ def answer_take_back(*, judgment_id: int, item_id: int, lease_id: int, membershi
         cursor.execute(f"UPDATE {MEMBERSHIP} SET answered_count = answered_count - 1,"
                        f" gold_answered = gold_answered - %s, gold_correct = gold_correct - %s WHERE id = %s",
                        [int(gold), int(gold and correct), membership_id])
-        cursor.execute(f"UPDATE {LEASE} SET state = 'active' WHERE id = %s", [lease_id])
+        cursor.execute(f"UPDATE {LEASE} SET state = 'active', taken_back_client_id = %s WHERE id = %s",
+                       [uuid_param(client_id), lease_id])
     return True
 
 

@@ -318,3 +318,22 @@ def test_a_skips_client_id_names_one_item_only():
     assert reused.status_code == 400 and "already used for another item" in reused.json()["detail"]
     assert Assignment.objects.get(pk=second["lease"]).state == Assignment.State.ACTIVE
     check_study_consistent(study)
+
+
+@pytest.mark.parametrize("endpoint", ["api-submit", "api-skip"])
+def test_a_late_resend_of_an_answer_taken_back_does_not_bring_it_back(endpoint):
+    """Tab 1's answer is stored but its response lost; tab 2 takes it back (undo); tab 1 sends
+    it again: it was stored again, and the answer then given in tab 2 was refused."""
+    (user,) = annotators(1)
+    study = open_pairwise(members=[user], prompts=3, per_prompt=1, redundancy=1)
+    first_tab, second_tab = api_client(user), api_client(user)
+    shown = next_item(first_tab, study).json()
+    answer = {"item": shown["item"], "lease": shown["lease"], "client_id": str(uuid.uuid4()),
+              **({"choice": "left"} if endpoint == "api-submit" else {"reason": "unsure"})}
+    assert first_tab.post(reverse(endpoint, args=[study.public_id]), answer, format="json").status_code == 201
+    assert undo(second_tab, study).status_code == 200
+    resent = first_tab.post(reverse(endpoint, args=[study.public_id]), answer, format="json")
+    assert resent.status_code == 409 and resent.json()["error"] == "answer_taken_back", resent.content
+    assert not Judgment.objects.exists() and not Skip.objects.exists()
+    assert submit(second_tab, study, shown, "right").status_code == 201
+    check_study_consistent(study)
