@@ -45,12 +45,15 @@ def main() -> None:
         annotator.click("button[type=submit]")
         annotator.click("text=Demo: which image matches?")
         annotator.wait_for_selector("#task:not([hidden])")
+        shown = "#task .images[aria-busy=false]"  # an item takes answers once its images are shown
+        annotator.wait_for_selector(shown)
         annotator.click(".instructions summary")  # folded, as after the first answer
         annotator.wait_for_timeout(300)
         annotator.screenshot(path=args.out / "annotate.png")
         # Some answers (keys 1, 2 and 0: left, right, tie), so that the study page has figures.
         annotator.evaluate("document.activeElement && document.activeElement.blur()")  # keys go to the page
         for key in "1210212011":
+            annotator.wait_for_selector(shown)
             before = annotator.locator("#progress-text").inner_text()
             annotator.keyboard.press(key)
             annotator.wait_for_function(
