@@ -322,6 +322,10 @@ class AnnotatorStudiesApi(AnnotatorApi):
         ])
 
 
+# A lease id is a bigint: anything past it names no lease (and would overflow the query).
+LEASE_ID_MAX = 2**63 - 1
+
+
 class HotInput:
     """Validation of the two hot endpoints' bodies, equal in effect and messages to their
     documented serializers (``Input``; tests/annotate/test_api.py checks both agree) at a
@@ -467,7 +471,7 @@ class SubmitApi(AnnotatorApi):
             ref_name = "SubmitInput"
 
         item = serializers.UUIDField()
-        lease = serializers.IntegerField(min_value=1, max_value=2**63 - 1,
+        lease = serializers.IntegerField(min_value=1, max_value=LEASE_ID_MAX,
                                          help_text="the lease of the display answered (next/ gives it)")
         client_id = serializers.UUIDField()
         choice = serializers.CharField(max_length=16)
@@ -479,7 +483,8 @@ class SubmitApi(AnnotatorApi):
     @staticmethod
     def hot_fields(data: HotInput) -> dict:
         """The body's fields as ``Input`` would validate them (HotInput's errors as its errors)."""
-        return {"item": data.uuid_field("item"), "lease": data.integer("lease", low=1, high=2**63 - 1, required=True),
+        return {"item": data.uuid_field("item"),
+                "lease": data.integer("lease", low=1, high=LEASE_ID_MAX, required=True),
                 "client_id": data.uuid_field("client_id"), "choice": data.text("choice", 16),
                 "score": data.integer("score"), "reason": data.text("reason", 64, required=False),
                 "time_spent_ms": data.integer("time_spent_ms", low=0, high=HotInput.MAX_SPENT_MS)}
@@ -515,7 +520,7 @@ class SkipApi(AnnotatorApi):
             ref_name = "SkipInput"
 
         item = serializers.UUIDField()
-        lease = serializers.IntegerField(min_value=1, max_value=2**63 - 1,
+        lease = serializers.IntegerField(min_value=1, max_value=LEASE_ID_MAX,
                                          help_text="the lease of the display skipped (next/ gives it)")
         client_id = serializers.UUIDField()
         reason = serializers.ChoiceField(choices=Skip.Reason.choices)

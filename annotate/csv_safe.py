@@ -56,18 +56,20 @@ class SafeWriter:
         self._plain.writerows(rows)
         text = "\n" + self._buffer.getvalue()  # the first cell starts a line too
         if self._formula.search(text) or (self._bare_cr and "\r" in text):
-            self._take()
+            take(self._buffer)
             for row in rows:
                 cells = [safe_cell(cell) for cell in row]
                 has_cr = any(isinstance(cell, str) and "\r" in cell for cell in cells)
                 (self._quoted if has_cr else self._plain).writerow(cells)
-        self._out.write(self._take())
+        self._out.write(take(self._buffer))
 
-    def _take(self) -> str:
-        text = self._buffer.getvalue()
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        return text
+
+def take(buffer: io.StringIO) -> str:
+    """What the buffer holds, emptying it (a streamed response's next piece)."""
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
 
 
 def writer(out, **options) -> SafeWriter:

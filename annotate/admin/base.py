@@ -135,12 +135,12 @@ def csv_pieces(header: list[str], rows: Iterable[list]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv_safe.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    yield exports.take(buffer)
+    yield csv_safe.take(buffer)
     for n, row in enumerate(rows, 1):
         writer.writerow(row)
         if n % CSV_CHUNK == 0:
-            yield exports.take(buffer)
-    yield exports.take(buffer)
+            yield csv_safe.take(buffer)
+    yield csv_safe.take(buffer)
 
 
 def streamed(queryset) -> Iterator:

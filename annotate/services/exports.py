@@ -135,7 +135,7 @@ def judgments_export_chunks(*, study: Study, fmt: str, chunk_size: int | None = 
     writer = csv_safe.writer(buffer, lineterminator="\n")
     if fmt == "csv":
         writer.writerow(COLUMNS)
-        yield take(buffer)
+        yield csv_safe.take(buffer)
     for chunk in records:
         if fmt == "csv":
             writer.writerows(chunk)
@@ -143,15 +143,7 @@ def judgments_export_chunks(*, study: Study, fmt: str, chunk_size: int | None = 
             dumps = json.dumps
             buffer.write("".join(dumps(dict(zip(COLUMNS, record)), ensure_ascii=False) + "\n"
                                  for record in chunk))
-        yield take(buffer)
-
-
-def take(buffer: io.StringIO) -> str:
-    """What the buffer holds, emptying it (a streamed response's next piece)."""
-    text = buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
-    return text
+        yield csv_safe.take(buffer)
 
 
 def export_filename(*, study: Study, fmt: str) -> str:

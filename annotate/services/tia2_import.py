@@ -21,6 +21,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count
+from PIL import Image as PILImage
 
 from annotate.media import CleanImage, image_file_clean, random_image_name
 from annotate.models import ContrastivePromptSet, Dataset, HumanLabel, Image, Prompt
@@ -52,7 +53,7 @@ class ParsedCategory:
     images: list[ParsedImage] = field(default_factory=list)
     contrastive: dict[int, list[str]] = field(default_factory=dict)
     contrastive_listed: int = 0
-    files: dict[str, CleanImage] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # checked; re-encoded only when stored
 
     @property
     def dataset_name(self) -> str:
@@ -129,9 +130,17 @@ def _parse_prompt_sets(path: Path, parsed: ParsedCategory) -> None:
                               f"(the first: {first!r})")
 
 
-def _read_image_file(path: Path) -> CleanImage:
+def _read_image_file(path: Path, *, clean: bool) -> CleanImage | None:
+    """The file's pixels re-encoded (``clean``), or only checked: a reduced decode still reads
+    the whole stream, so a truncated file fails, without the cost of a full one for every file
+    of a release (a rerun stores none of them again)."""
     try:
-        return image_file_clean(path)  # a full decode: a truncated file fails here
+        if clean:
+            return image_file_clean(path)
+        with PILImage.open(path) as img:
+            img.draft("RGB", (64, 64))
+            img.load()
+        return None
     except Exception as exc:  # Pillow raises many types for bad files
         raise Tia2ImportError(f"{path}: cannot read image: {exc}") from exc
 
@@ -157,7 +166,8 @@ def parse_release(root: Path, images_dir: Path | None = None) -> list[ParsedCate
                 for img in parsed.images:
                     path = folder / img.name
                     if path.is_file():
-                        parsed.files[img.name] = _read_image_file(path)
+                        _read_image_file(path, clean=False)
+                        parsed.files[img.name] = path
         categories.append(parsed)
     return categories
 
@@ -209,10 +219,11 @@ def _write_category(parsed: ParsedCategory, result: ImportResult, saved_files: l
     new_images, to_attach = [], []
     for img in parsed.images:
         prompt_id = prompts[img.prompt_index].id
-        file = parsed.files.get(img.name)
+        path = parsed.files.get(img.name)
         row = existing.get((prompt_id, img.seed, img.index))
         file_fields = {}
-        if file is not None and (row is None or not row["file"]):
+        if path is not None and (row is None or not row["file"]):
+            file = _read_image_file(path, clean=True)
             name = default_storage.save(random_image_name(file.extension), ContentFile(file.content))
             saved_files.append(name)
             file_fields = {"file": name, "sha256": file.sha256, "size_bytes": file.size_bytes,
